@@ -1,0 +1,63 @@
+# The commands people type. Everything runs from the repository root with the tools
+# from the project's virtualenv (.venv, made by `make venv`).
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_FORCE_COLOR ?= 0
+SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+
+.PHONY: help venv images up down gc gc-plan lint test-unit test-integration test-janitor \
+	test-molecule test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
+$(VENV)/.installed: pyproject.toml files/janitor/pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' -e ./files/janitor
+	touch $@
+
+images: ## build the test images from Debian packages (no registry needed)
+	scripts/build-test-images.sh
+
+up: venv images ## bring up a local cache host and apply site.yml to it
+	$(BIN)/ansible-playbook playbooks/local-host.yml
+	$(BIN)/ansible-playbook -i inventories/local site.yml
+
+down: venv ## remove the local cache host
+	$(BIN)/ansible-playbook playbooks/local-host.yml -e local_host_state=absent
+
+gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
+	$(BIN)/ansible-playbook -i inventories/local playbooks/sweep.yml \
+		$(if $(filter 1 true yes,$(DRY_RUN)),-e dry_run=true)
+
+lint: venv ## yamllint, ansible-lint (production profile), ruff, mypy
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict files/janitor/src
+
+test-unit: venv ## janitor unit tests (no I/O beyond temp dirs)
+	$(BIN)/python -m pytest -q files/janitor/tests/unit
+
+test-integration: venv ## janitor against a real registry process and skopeo
+	$(BIN)/python -m pytest -q files/janitor/tests/integration
+
+test-janitor: venv ## all janitor tests
+	$(BIN)/python -m pytest -q files/janitor/tests
+
+test-molecule: venv images ## every Molecule scenario (create, converge, idempotence, check, verify)
+	@set -e; for s in $(SCENARIOS); do \
+		echo "== molecule test -s $$s"; start=$$(date +%s); \
+		$(BIN)/molecule test -s $$s; \
+		echo "== molecule $$s: $$(( $$(date +%s) - start )) s"; \
+	done
+
+test: lint test-janitor test-molecule ## everything CI runs
+
+clean: ## remove the virtualenv and cached images
+	rm -rf $(VENV) .cache
