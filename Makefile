@@ -57,7 +57,11 @@ test-molecule: venv images ## every Molecule scenario (create, converge, idempot
 		echo "== molecule $$s: $$(( $$(date +%s) - start )) s"; \
 	done
 
-test: lint test-janitor test-molecule ## everything CI runs
+test: venv ## everything CI runs: lint, janitor tests, every Molecule scenario (timed)
+	@set -e; for part in lint test-janitor test-molecule; do \
+		start=$$(date +%s); $(MAKE) --no-print-directory $$part; \
+		echo "== make $$part: $$(( $$(date +%s) - start )) s"; \
+	done
 
 clean: ## remove the virtualenv and cached images
 	rm -rf $(VENV) .cache
