@@ -7,7 +7,10 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help venv images up down gc gc-plan lint test-unit test-integration test-janitor \
+deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
+	scripts/host-deps.sh
+
+.PHONY: help deps venv images up down gc gc-plan lint test-unit test-integration test-janitor \
 	test-molecule test clean
 
 help: ## list the targets
@@ -23,7 +26,7 @@ $(VENV)/.installed: pyproject.toml files/janitor/pyproject.toml
 images: ## build the test images from Debian packages (no registry needed)
 	scripts/build-test-images.sh
 
-up: venv images ## bring up a local cache host and apply site.yml to it
+up: deps venv images ## bring up a local cache host and apply site.yml to it
 	$(BIN)/ansible-playbook playbooks/local-host.yml
 	$(BIN)/ansible-playbook -i inventories/local site.yml
 
@@ -61,8 +64,8 @@ test-molecule: venv images ## every Molecule scenario (create, converge, idempot
 		echo "== molecule $$s: $$(( $$(date +%s) - start )) s"; \
 	done
 
-test: venv ## everything CI runs: lint, janitor tests, every Molecule scenario (timed)
-	@set -e; for part in lint test-janitor test-molecule; do \
+test: deps venv ## everything CI runs: lint, janitor tests, every Molecule scenario (timed)
+	@set -e; for part in images lint test-janitor test-molecule; do \
 		start=$$(date +%s); $(MAKE) --no-print-directory $$part; \
 		echo "== make $$part: $$(( $$(date +%s) - start )) s"; \
 	done

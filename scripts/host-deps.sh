@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the bundle's commands need on a Debian/Ubuntu workstation or CI VM and
+# starts the Docker engine if it is not running. Safe to run again: it only installs
+# what is missing. Needs root (or sudo).
+set -euo pipefail
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+export DEBIAN_FRONTEND=noninteractive
+
+# command -> Debian package that provides it
+declare -A wanted=(
+    [dockerd]=docker.io [docker-registry]=docker-registry [skopeo]=skopeo
+    [debootstrap]=debootstrap [make]=make [git]=git [npm]=npm [ip]=iproute2
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q --no-install-recommends ca-certificates "${missing[@]}" >/dev/null
+fi
+
+if ! $sudo docker info >/dev/null 2>&1; then
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        $sudo systemctl start docker
+    else
+        # No systemd as PID 1 (CI VMs, containers): run the engine in the background.
+        $sudo sh -c 'dockerd >/var/log/dockerd.log 2>&1 &'
+    fi
+    for _ in $(seq 60); do $sudo docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+$sudo docker info --format 'docker engine {{.ServerVersion}} ({{.Driver}}) is running' || {
+    echo "the Docker engine did not start: see /var/log/dockerd.log" >&2
+    exit 1
+}
