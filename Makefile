@@ -7,14 +7,14 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
-	scripts/host-deps.sh
-
 .PHONY: help deps venv images up down gc gc-plan lint test-unit test-integration test-janitor \
 	test-molecule test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
+	scripts/host-deps.sh
 
 venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
 $(VENV)/.installed: pyproject.toml files/janitor/pyproject.toml
