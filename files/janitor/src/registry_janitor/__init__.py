@@ -1,0 +1,3 @@
+"""Retention and safe garbage collection for a CNCF Distribution registry."""
+
+__version__ = "0.1.0"

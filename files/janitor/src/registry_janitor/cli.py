@@ -1,0 +1,75 @@
+"""Command line: parse flags, load the configuration, dispatch to a command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from registry_janitor import __version__, config
+
+PROG = "registry-janitor"
+COMMANDS = ("sweep", "prune", "gc", "report")
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2 like every other config error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: {message}\n")
+        sys.exit(EXIT_CONFIG)
+
+
+def _options() -> _Parser:
+    # SUPPRESS defaults: a flag given before or after the subcommand both count, and "not
+    # given" stays distinguishable from a value so the environment can fill it in.
+    p = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    for key, s in config.SETTINGS.items():
+        help_text = f"{s.help} (env {s.env}, default {s.default or 'none'})"
+        if s.boolean:
+            p.add_argument(s.flag, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            p.add_argument(s.flag, dest=key, metavar=s.env, help=help_text)
+    p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    options = _options()
+    parser = _Parser(
+        prog=PROG,
+        parents=[options],
+        argument_default=argparse.SUPPRESS,
+        description="Retention and safe garbage collection for a Distribution registry.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{sweep,prune,gc,report}")
+    helps = {
+        "sweep": "prune, then garbage-collect (default; loops unless RUN_ONCE)",
+        "prune": "apply retention, unlink unreachable revisions, remove leftovers; no GC",
+        "gc": "run the registry's garbage-collect only",
+        "report": "per repository: tags, push times, unique and shared bytes",
+    }
+    for name in COMMANDS:
+        sub.add_parser(name, parents=[options], help=helps[name], description=helps[name])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = str(args.pop("command", None) or "sweep")
+    as_json = bool(args.pop("json", False))
+    verbose = bool(args.pop("verbose", False))
+    try:
+        cfg = config.load(args)
+        if command == "gc" or (command == "sweep" and cfg.run_gc):
+            config.require_registry_config(cfg)
+    except config.ConfigError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_CONFIG
+    from registry_janitor import app  # imported late: config errors need none of it
+
+    return app.run(command, cfg, as_json=as_json, verbose=verbose)

@@ -1,0 +1,198 @@
+"""Settings: environment variables, overridden by command-line flags, validated up front.
+
+A bad value raises ConfigError before anything on disk is touched; the CLI turns it into one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry_janitor.policy import (
+    Policy,
+    PolicyError,
+    Rule,
+    check_rule,
+    load_policy,
+    parse_duration,
+    parse_tag_pattern,
+)
+
+ConfigError = PolicyError
+
+MAX_CONCURRENCY = 10  # a Hetzner Storage Box allows 10 connections
+
+_TRUE = {"true", "yes", "1"}
+_FALSE = {"false", "no", "0"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    flag: str
+    default: str
+    help: str
+    boolean: bool = False
+
+
+# One table drives argparse, env lookup and the README: name -> setting.
+SETTINGS: dict[str, Setting] = {
+    s.flag.removeprefix("--").replace("-", "_"): s
+    for s in (
+        Setting("KEEP_LAST_N", "--keep-last-n", "10", "tags kept per repository (newest first)"),
+        Setting("JANITOR_INTERVAL_SECS", "--interval-secs", "3600", "seconds between sweeps"),
+        Setting(
+            "GC_DELETE_UNTAGGED",
+            "--gc-delete-untagged",
+            "true",
+            "unlink revisions no remaining tag reaches (index-aware)",
+            boolean=True,
+        ),
+        Setting("RUN_ONCE", "--run-once", "false", "one sweep, then exit", boolean=True),
+        Setting("DRY_RUN", "--dry-run", "false", "say what would go; change nothing", boolean=True),
+        Setting("JANITOR_DATA_DIR", "--data-dir", "/var/lib/registry", "registry root directory"),
+        Setting(
+            "JANITOR_REGISTRY_CONFIG",
+            "--registry-config",
+            "/etc/docker/registry/config.yml",
+            "registry config passed to garbage-collect",
+        ),
+        Setting("JANITOR_REGISTRY_BIN", "--registry-bin", "registry", "registry binary"),
+        Setting("RUN_GC", "--run-gc", "true", "run garbage-collect after pruning", boolean=True),
+        Setting("KEEP_MIN_AGE", "--keep-min-age", "0", "never delete tags pushed more recently"),
+        Setting("PROTECT_TAGS", "--protect-tags", "", "regex; tags it fully matches are kept"),
+        Setting("JANITOR_POLICY_FILE", "--policy-file", "", "TOML file with per-repository rules"),
+        Setting("JANITOR_METRICS_FILE", "--metrics-file", "", "Prometheus textfile to write"),
+        Setting(
+            "JANITOR_LOCK_FILE",
+            "--lock-file",
+            "",
+            "lock file (default <data dir>/.registry-janitor.lock)",
+        ),
+        Setting("JANITOR_CONCURRENCY", "--concurrency", "8", "threads for filesystem I/O (1-10)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    keep_last_n: int
+    interval_secs: int
+    gc_delete_untagged: bool
+    run_once: bool
+    dry_run: bool
+    data_dir: Path
+    registry_config: Path
+    registry_bin: str
+    run_gc: bool
+    keep_min_age: int
+    protect_tags: re.Pattern[str] | None
+    policy_file: Path | None
+    metrics_file: Path | None
+    lock_file: Path
+    concurrency: int
+    policy: Policy
+
+    @property
+    def repositories_dir(self) -> Path:
+        return self.data_dir / "docker" / "registry" / "v2" / "repositories"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "docker" / "registry" / "v2" / "blobs"
+
+
+def parse_bool(setting: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(setting, f'must be one of true/false/yes/no/1/0, got "{text}"')
+
+
+def parse_int(setting: str, text: str, minimum: int, maximum: int | None = None) -> int:
+    value = text.strip()
+    bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+    if not re.fullmatch(r"[+-]?\d+", value) or not (
+        minimum <= int(value) and (maximum is None or int(value) <= maximum)
+    ):
+        raise ConfigError(setting, f'must be a whole number {bound}, got "{text}"')
+    return int(value)
+
+
+def resolve(flags: Mapping[str, object], env: Mapping[str, str]) -> dict[str, str]:
+    """Raw text per setting: flag if given, else environment, else default."""
+    raw: dict[str, str] = {}
+    for key, s in SETTINGS.items():
+        flag = flags.get(key)
+        if flag is not None:
+            raw[key] = ("true" if flag else "false") if isinstance(flag, bool) else str(flag)
+        else:
+            raw[key] = env.get(s.env, s.default)
+    return raw
+
+
+def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> Config:
+    """Build and validate the whole configuration; raises ConfigError on the first bad value."""
+    raw = resolve(flags, os.environ if env is None else env)
+
+    def name(key: str) -> str:
+        # Name the setting the way the user gave it.
+        s = SETTINGS[key]
+        return s.flag if flags.get(key) is not None else s.env
+
+    b = {k: parse_bool(name(k), raw[k]) for k, s in SETTINGS.items() if s.boolean}
+    keep_last_n = parse_int(name("keep_last_n"), raw["keep_last_n"], 0)
+    interval = parse_int(name("interval_secs"), raw["interval_secs"], 1)
+    concurrency = parse_int(name("concurrency"), raw["concurrency"], 1, MAX_CONCURRENCY)
+    min_age = parse_duration(name("keep_min_age"), raw["keep_min_age"])
+    protect = parse_tag_pattern(name("protect_tags"), raw["protect_tags"])
+
+    data_dir = Path(raw["data_dir"])
+    if not data_dir.is_dir():
+        raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
+    if raw["registry_bin"].strip() == "":
+        raise ConfigError(name("registry_bin"), "must not be empty")
+
+    default_rule = Rule(keep_last_n=keep_last_n, keep_min_age=min_age, protect_tags=protect)
+    check_rule(name("keep_min_age"), default_rule)
+    policy_file = Path(raw["policy_file"]) if raw["policy_file"] else None
+    policy = load_policy(policy_file, default_rule) if policy_file else Policy(default=default_rule)
+    metrics_file = Path(raw["metrics_file"]) if raw["metrics_file"] else None
+    if metrics_file is not None and not metrics_file.parent.is_dir():
+        raise ConfigError(
+            name("metrics_file"), f'directory does not exist: "{metrics_file.parent}"'
+        )
+    lock_file = Path(raw["lock_file"]) if raw["lock_file"] else data_dir / ".registry-janitor.lock"
+
+    return Config(
+        keep_last_n=keep_last_n,
+        interval_secs=interval,
+        gc_delete_untagged=b["gc_delete_untagged"],
+        run_once=b["run_once"],
+        dry_run=b["dry_run"],
+        data_dir=data_dir,
+        registry_config=Path(raw["registry_config"]),
+        registry_bin=raw["registry_bin"],
+        run_gc=b["run_gc"],
+        keep_min_age=min_age,
+        protect_tags=protect,
+        policy_file=policy_file,
+        metrics_file=metrics_file,
+        lock_file=lock_file,
+        concurrency=concurrency,
+        policy=policy,
+    )
+
+
+def require_registry_config(config: Config) -> None:
+    """garbage-collect needs the registry config; checked only when GC will run."""
+    if not config.registry_config.is_file():
+        raise ConfigError(
+            "JANITOR_REGISTRY_CONFIG", f'file does not exist: "{config.registry_config}"'
+        )
