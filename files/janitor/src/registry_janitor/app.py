@@ -1,15 +1,88 @@
-"""Runs a command with a loaded configuration (placeholder until the pieces land)."""
+"""Runs a command with a loaded configuration: locking, loop, signals, summary, metrics."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 
+from registry_janitor import metrics, report
 from registry_janitor.config import Config
+from registry_janitor.lock import LockHeld, SweepLock
+from registry_janitor.output import Output, setup_logging
+from registry_janitor.sweep import Janitor, SweepStats, summary
 
 log = logging.getLogger("registry_janitor")
 
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        # Only sets a flag: the tag operation in progress finishes, the next does not start.
+        log.warning(
+            "received %s: stopping after the current operation", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
+    try:
+        # A dry run changes nothing, so it neither needs nor creates the lock file.
+        lock = None if cfg.dry_run else SweepLock(cfg.lock_file)
+        if lock is not None:
+            lock.__enter__()
+    except LockHeld as exc:
+        out.emit("locked", str(exc), level=logging.ERROR, lock_file=str(cfg.lock_file))
+        return EXIT_FAILED
+    try:
+        stats = janitor.sweep(
+            run_prune=command in ("sweep", "prune"),
+            run_gc=command == "gc" or (command == "sweep" and cfg.run_gc),
+        )
+    except Exception:  # a failed sweep is reported; in loop mode the next one runs
+        log.exception("%s failed", command)
+        stats = SweepStats(dry_run=cfg.dry_run, errors=1)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+    line = summary(stats, command)
+    fields = {"command": command, "ok": stats.ok, **vars(stats)}
+    out.record("summary", line, fields, logging.INFO if stats.ok else logging.ERROR)
+    if cfg.metrics_file is not None and not cfg.dry_run and command in ("sweep", "prune"):
+        try:
+            metrics.write(cfg.metrics_file, stats)
+        except OSError as exc:
+            log.error("cannot write metrics file %s: %s", cfg.metrics_file, exc)
+    return EXIT_OK if stats.ok else EXIT_FAILED
+
 
 def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    log.warning("%s: not implemented yet", command)
-    return 0
+    setup_logging(as_json=as_json, verbose=verbose)
+    out = Output(as_json=as_json)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="io") as pool:
+        if command == "report":
+            report.run(cfg.repositories_dir, cfg.blobs_dir, pool, out, sys.stdout)
+            return EXIT_OK
+        loop = command == "sweep" and not cfg.run_once
+        status = EXIT_OK
+        while True:
+            # Fresh reader each time: blobs may be gone after a GC, the cache must not outlive it.
+            status = _once(command, cfg, Janitor(cfg, out, pool, stop), out)
+            if not loop or stop.is_set():
+                break
+            log.info("next sweep in %d s", cfg.interval_secs)
+            started = time.monotonic()
+            if stop.wait(cfg.interval_secs):
+                log.info("stopped after %.0f s of waiting", time.monotonic() - started)
+                break
+        return status

@@ -1,0 +1,110 @@
+"""Prometheus text-format metrics for node_exporter's textfile collector.
+
+Written atomically (temp file in the same directory, then os.replace) so the collector never
+reads half a file. `_total` counters survive one-shot runs: each write adds to the values in
+the previous file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from registry_janitor.sweep import SweepStats
+
+P = "registry_janitor_"
+_SAMPLE = re.compile(r"^([a-z_:][a-z0-9_:]*)(\{[^}]*\})?\s+(\S+)\s*$", re.IGNORECASE)
+
+# name -> (type, help)
+METRICS: dict[str, tuple[str, str]] = {
+    "last_run_timestamp_seconds": ("gauge", "Unix time the last sweep ended."),
+    "last_success_timestamp_seconds": ("gauge", "Unix time the last successful sweep ended."),
+    "last_run_success": ("gauge", "1 if the last sweep succeeded, else 0."),
+    "sweep_duration_seconds": ("gauge", "Duration of the last sweep, GC included."),
+    "gc_duration_seconds": ("gauge", "Duration of the last garbage-collect (0 if not run)."),
+    "repositories": ("gauge", "Repositories seen by the last sweep."),
+    "tags": ("gauge", "Tags seen by the last sweep."),
+    "tags_kept": ("gauge", "Tags kept by the last sweep."),
+    "sweeps_total": ("counter", "Sweeps run, by result."),
+    "tags_deleted_total": ("counter", "Tags deleted."),
+    "manifests_unlinked_total": ("counter", "Unreachable manifest revisions unlinked."),
+    "blobs_deleted_total": ("counter", "Blobs deleted by garbage-collect."),
+    "bytes_reclaimed_total": ("counter", "Bytes of blobs deleted by garbage-collect."),
+}
+
+
+def read_previous(path: Path) -> dict[str, float]:
+    """Sample values of the previous file, keyed by `name{labels}`."""
+    values: dict[str, float] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            try:
+                values[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+            except ValueError:
+                continue
+    return values
+
+
+def render(stats: SweepStats, previous: dict[str, float], now: float) -> str:
+    result = "success" if stats.ok else "failure"
+    samples: dict[str, list[tuple[str, float]]] = {
+        "last_run_timestamp_seconds": [("", float(now))],
+        "last_success_timestamp_seconds": [
+            ("", now if stats.ok else previous.get(P + "last_success_timestamp_seconds", 0.0))
+        ],
+        "last_run_success": [("", 1.0 if stats.ok else 0.0)],
+        "sweep_duration_seconds": [("", stats.duration)],
+        "gc_duration_seconds": [("", stats.gc_duration)],
+        "repositories": [("", stats.repositories)],
+        "tags": [("", stats.tags_seen)],
+        "tags_kept": [("", stats.tags_kept)],
+    }
+    counters = {
+        "tags_deleted_total": stats.tags_deleted,
+        "manifests_unlinked_total": stats.manifests_unlinked,
+        "blobs_deleted_total": stats.blobs_deleted,
+        "bytes_reclaimed_total": stats.bytes_reclaimed,
+    }
+    for name, value in counters.items():
+        samples[name] = [("", previous.get(P + name, 0.0) + value)]
+    samples["sweeps_total"] = [
+        (
+            f'{{result="{r}"}}',
+            previous.get(f'{P}sweeps_total{{result="{r}"}}', 0.0) + (1 if r == result else 0),
+        )
+        for r in ("success", "failure")
+    ]
+    lines: list[str] = []
+    for name, (kind, help_text) in METRICS.items():
+        lines += [f"# HELP {P}{name} {help_text}", f"# TYPE {P}{name} {kind}"]
+        for labels, sample in samples[name]:
+            lines.append(f"{P}{name}{labels} {_fmt(sample)}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+
+
+def write(path: Path, stats: SweepStats, now: float | None = None) -> None:
+    text = render(stats, read_previous(path), time.time() if now is None else now)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

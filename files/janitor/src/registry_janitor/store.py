@@ -1,0 +1,212 @@
+"""Reads the registry's filesystem layout into plain records.
+
+Built for a slow network filesystem (every stat is a round trip): each tag's `current/link`
+is opened once (fstat + read on the same handle), directories are listed with scandir, and
+independent reads run concurrently on a bounded thread pool. Symlinks are never followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_LINK_MAX = 256  # a link holds "sha256:<64 hex>"; anything longer is not a link
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Tag:
+    repository: str
+    name: str
+    digest: str | None  # from current/link; None: the link is missing or not a digest
+    mtime: float  # current/link mtime = last push; the tag directory's mtime without a link
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    path: Path
+    tags: tuple[Tag, ...] = ()
+    revisions: frozenset[str] = frozenset()  # "sha256:<hex>" of _manifests/revisions
+    uploads: int = 0  # entries in _uploads (uploads in progress)
+    # Non-`_` subdirectories exist: a nested repository (or the path to one) lives below.
+    has_nested: bool = False
+    # Something could not be read (other than "gone"): never delete anything here.
+    errors: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+
+@dataclass
+class _Dir:
+    path: Path
+    name: str  # repository name relative to the repositories root ("" for the root)
+    children: list[str] = field(default_factory=list)
+    registry_dirs: set[str] = field(default_factory=set)
+    error: str | None = None
+
+
+def blob_path(blobs_dir: Path, digest: str) -> Path:
+    hexpart = digest.removeprefix("sha256:")
+    return blobs_dir / "sha256" / hexpart[:2] / hexpart / "data"
+
+
+def pmap(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """map() on the pool when there is one (ordered results)."""
+    return pool.map(fn, items) if pool is not None else map(fn, items)
+
+
+def _list_dir(d: _Dir) -> _Dir:
+    try:
+        with os.scandir(d.path) as it:
+            for entry in it:
+                # is_dir(follow_symlinks=False): a symlinked directory is not descended into,
+                # so links (and link loops) cannot take the walk outside the store.
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if entry.name.startswith("_"):
+                    d.registry_dirs.add(entry.name)
+                else:
+                    d.children.append(entry.name)
+    except FileNotFoundError:
+        pass  # removed while we walked (e.g. by a concurrent janitor or GC)
+    except OSError as exc:
+        d.error = f"cannot list {d.path}: {exc.strerror or exc}"
+    return d
+
+
+def _list_names(path: Path, *, dirs_only: bool = True) -> tuple[list[str], str | None]:
+    names: list[str] = []
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if not dirs_only or entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return names, f"cannot list {path}: {exc.strerror or exc}"
+    return sorted(names), None
+
+
+def read_link(path: Path) -> tuple[str | None, float | None]:
+    """One open: (digest or None, mtime). (None, None) when the link does not exist."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        if exc.errno == getattr(os, "ELOOP", -1):  # a symlink where a link file should be
+            return None, None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, st.st_mtime
+        text = os.read(fd, _LINK_MAX).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return (text if DIGEST.fullmatch(text) else None), st.st_mtime
+
+
+def discover(repositories_dir: Path, pool: Executor | None = None) -> list[_Dir]:
+    """Every directory holding `_manifests` (a repository), nested names included.
+
+    Walks breadth first, one level at a time, listing a whole level concurrently.
+    """
+    found: list[_Dir] = []
+    level = [_Dir(repositories_dir, "")]
+    while level:
+        listed = list(pmap(pool, _list_dir, level))
+        nxt: list[_Dir] = []
+        for d in listed:
+            if d.error:
+                log.warning("%s; repositories below it are skipped this time", d.error)
+            if d.name and "_manifests" in d.registry_dirs:
+                found.append(d)
+            for child in sorted(d.children):
+                name = f"{d.name}/{child}" if d.name else child
+                nxt.append(_Dir(d.path / child, name))
+        level = nxt
+    return found
+
+
+def _tag_record(args: tuple[str, Path, str]) -> tuple[Tag | None, str | None]:
+    repo, tags_dir, name = args
+    try:
+        digest, mtime = read_link(tags_dir / name / "current" / "link")
+        if mtime is None:  # no link: age of the tag directory decides if it is a leftover
+            mtime = os.lstat(tags_dir / name).st_mtime
+    except FileNotFoundError:
+        return None, None  # the tag vanished while we looked
+    except OSError as exc:
+        return None, f"cannot read tag {name}: {exc.strerror or exc}"
+    return Tag(repo, name, digest, mtime), None
+
+
+def _read_repository(d: _Dir) -> tuple[Repository, list[tuple[str, Path, str]]]:
+    errors = [d.error] if d.error else []
+    manifests = d.path / "_manifests"
+    tag_names, err = _list_names(manifests / "tags")
+    errors += [err] if err else []
+    rev_names, err = _list_names(manifests / "revisions" / "sha256")
+    errors += [err] if err else []
+    uploads: list[str] = []
+    if "_uploads" in d.registry_dirs:
+        uploads, err = _list_names(d.path / "_uploads", dirs_only=False)
+        errors += [err] if err else []
+    repo = Repository(
+        name=d.name,
+        path=d.path,
+        revisions=frozenset(f"sha256:{h}" for h in rev_names if _HEX.fullmatch(h)),
+        uploads=len(uploads),
+        has_nested=bool(d.children),
+        errors=tuple(errors),
+    )
+    return repo, [(d.name, manifests / "tags", t) for t in tag_names]
+
+
+def scan(repositories_dir: Path, pool: Executor | None = None) -> list[Repository]:
+    """All repositories with their tags and revisions, sorted by name."""
+    read = list(pmap(pool, _read_repository, discover(repositories_dir, pool)))
+    jobs = [job for _, repo_jobs in read for job in repo_jobs]
+    tags: dict[str, list[Tag]] = {}
+    errors: dict[str, list[str]] = {}
+    for job, (tag, err) in zip(jobs, pmap(pool, _tag_record, jobs), strict=True):
+        if tag is not None:
+            tags.setdefault(job[0], []).append(tag)
+        if err is not None:
+            errors.setdefault(job[0], []).append(err)
+    out = []
+    for repo, _ in read:
+        extra = tuple(errors.get(repo.name, ()))
+        for e in repo.errors + extra:
+            log.warning("%s: %s; leaving this repository untouched", repo.name, e)
+        out.append(
+            Repository(
+                name=repo.name,
+                path=repo.path,
+                tags=tuple(tags.get(repo.name, ())),
+                revisions=repo.revisions,
+                uploads=repo.uploads,
+                has_nested=repo.has_nested,
+                errors=repo.errors + extra,
+            )
+        )
+    return sorted(out, key=lambda r: r.name)

@@ -1,0 +1,370 @@
+"""A sweep: scan the store, plan per repository, apply, then garbage-collect.
+
+Planning reads (tags, manifests, a few stats); only `apply` and GC change anything, and a dry
+run stops after naming what they would do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from registry_janitor import executor, gc, manifests, retention, store
+from registry_janitor.config import Config
+from registry_janitor.output import Output, human_bytes, iso
+from registry_janitor.policy import Policy, Rule
+
+log = logging.getLogger(__name__)
+
+# Seconds a repository's `_layers` must have been quiet before an empty repository is removed:
+# a push links its layers before it uploads the manifest.
+EMPTY_REPOSITORY_AGE = retention.LEFTOVER_TAG_AGE
+
+
+@dataclass
+class RepoPlan:
+    repository: store.Repository
+    rule: Rule
+    decisions: list[retention.TagDecision] = field(default_factory=list)
+    leftovers: list[store.Tag] = field(default_factory=list)
+    unlink: list[str] = field(default_factory=list)
+    remove_repository: bool = False
+
+    @property
+    def deleted(self) -> list[retention.TagDecision]:
+        return [d for d in self.decisions if not d.keep]
+
+    @property
+    def kept(self) -> list[retention.TagDecision]:
+        return [d for d in self.decisions if d.keep]
+
+
+@dataclass
+class SweepStats:
+    dry_run: bool = False
+    repositories: int = 0
+    tags_seen: int = 0
+    tags_kept: int = 0
+    tags_deleted: int = 0
+    manifests_unlinked: int = 0
+    leftovers_removed: int = 0
+    repositories_removed: int = 0
+    errors: int = 0
+    gc_ran: bool = False
+    gc_ok: bool = True
+    gc_message: str = ""
+    gc_duration: float = 0.0
+    blobs_deleted: int = 0
+    bytes_reclaimed: int = 0
+    blobs_unknown_size: int = 0
+    duration: float = 0.0
+    stopped: bool = False
+
+    @property
+    def removed_anything(self) -> bool:
+        return (
+            self.tags_deleted
+            + self.manifests_unlinked
+            + self.leftovers_removed
+            + self.repositories_removed
+            > 0
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.gc_ok
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return None
+
+
+def plan_repository(
+    repo: store.Repository,
+    rule: Rule,
+    now: float,
+    reader: manifests.ManifestReader,
+    *,
+    unlink_untagged: bool,
+    pool: Executor | None = None,
+) -> RepoPlan:
+    plan = RepoPlan(repo, rule)
+    if not repo.complete:
+        plan.decisions = [
+            retention.TagDecision(t, True, "repository not fully readable") for t in repo.tags
+        ]
+        return plan
+    plan.decisions = retention.decide(repo.tags, rule, now)
+    plan.leftovers = [t for t in repo.tags if retention.is_leftover(t, now)]
+    if unlink_untagged:
+        reach = manifests.closure(retention.remaining_roots(plan.decisions), reader)
+        if not reach.complete:
+            log.warning(
+                "%s: cannot read manifest(s) %s; not unlinking any revision here",
+                repo.name,
+                ", ".join(sorted(reach.unreadable)),
+            )
+        else:
+            candidates = sorted(repo.revisions - reach.reachable)
+            if rule.keep_min_age > 0 and candidates:
+                # A manifest pushed by digest moments ago may be the child of an index whose
+                # push is still under way: respect the same minimum age as for tags.
+                links = [executor.revision_dir(repo, d) / "link" for d in candidates]
+                mtimes = list(store.pmap(pool, _mtime, links))
+                candidates = [
+                    d
+                    for d, m in zip(candidates, mtimes, strict=True)
+                    if m is None or now - m >= rule.keep_min_age
+                ]
+            plan.unlink = candidates
+            reader.read_many(candidates)  # their descriptors give sizes of what GC frees
+    going = {d.tag for d in plan.deleted} | set(plan.leftovers)
+    left_tags = [t for t in repo.tags if t not in going]
+    left_revisions = repo.revisions - set(plan.unlink)
+    if not left_tags and not left_revisions and repo.uploads == 0:
+        layers = _mtime(repo.path / "_layers" / "sha256")
+        plan.remove_repository = layers is None or now - layers >= EMPTY_REPOSITORY_AGE
+    return plan
+
+
+def plan_all(
+    repos: Sequence[store.Repository],
+    policy: Policy,
+    now: float,
+    reader: manifests.ManifestReader,
+    *,
+    unlink_untagged: bool,
+    pool: Executor | None = None,
+) -> list[RepoPlan]:
+    return [
+        plan_repository(
+            r, policy.rule_for(r.name), now, reader, unlink_untagged=unlink_untagged, pool=pool
+        )
+        for r in repos
+    ]
+
+
+@dataclass
+class _Op:
+    event: str
+    text: str
+    fields: dict[str, object]
+    fn: Callable[[], object]
+    counter: str
+
+
+class Janitor:
+    def __init__(
+        self, cfg: Config, out: Output, pool: Executor, stop: threading.Event | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.pool = pool
+        self.stop = stop or threading.Event()
+        self.reader = manifests.ManifestReader(cfg.blobs_dir, pool)
+
+    # -- prune -------------------------------------------------------------------------
+    def prune(self, stats: SweepStats) -> None:
+        cfg = self.cfg
+        now = time.time()
+        repos = store.scan(cfg.repositories_dir, self.pool)
+        plans = plan_all(
+            repos,
+            cfg.policy,
+            now,
+            self.reader,
+            unlink_untagged=cfg.gc_delete_untagged,
+            pool=self.pool,
+        )
+        stats.repositories = len(repos)
+        stats.tags_seen = sum(len(r.tags) for r in repos)
+        stats.tags_kept = sum(len(p.kept) for p in plans)
+        for p in plans:
+            if p.rule.source != "default":
+                log.debug("%s: rule %s", p.repository.name, p.rule.source)
+        self._apply(plans, stats)
+
+    def _apply(self, plans: Sequence[RepoPlan], stats: SweepStats) -> None:
+        verb = "would delete" if self.cfg.dry_run else "deleted"
+        phases: list[list[_Op]] = [[], [], [], []]
+        for p in plans:
+            repo = p.repository
+            for d in p.deleted:
+                t = d.tag
+                phases[0].append(
+                    _Op(
+                        "tag_deleted",
+                        f"{verb} tag {repo.name}:{t.name} ({d.reason}, pushed {iso(t.mtime)},"
+                        f" {t.digest})",
+                        {
+                            "repository": repo.name,
+                            "tag": t.name,
+                            "digest": t.digest,
+                            "reason": d.reason,
+                            "pushed": iso(t.mtime),
+                        },
+                        partial(executor.delete_tag, repo, t.name),
+                        "tags_deleted",
+                    )
+                )
+            for digest in p.unlink:
+                phases[1].append(
+                    _Op(
+                        "manifest_unlinked",
+                        f"{'would unlink' if self.cfg.dry_run else 'unlinked'} manifest"
+                        f" {repo.name}@{digest} (no remaining tag reaches it)",
+                        {"repository": repo.name, "digest": digest},
+                        partial(executor.unlink_revision, repo, digest),
+                        "manifests_unlinked",
+                    )
+                )
+            for t in p.leftovers:
+                phases[2].append(
+                    _Op(
+                        "leftover_removed",
+                        f"{verb} leftover tag directory {repo.name}:{t.name} (no current/link"
+                        f" since {iso(t.mtime)})",
+                        {"repository": repo.name, "tag": t.name},
+                        partial(executor.remove_leftover_tag, repo, t.name),
+                        "leftovers_removed",
+                    )
+                )
+            if p.remove_repository:
+                phases[3].append(
+                    _Op(
+                        "repository_removed",
+                        f"{verb} empty repository {repo.name}",
+                        {"repository": repo.name},
+                        partial(executor.remove_repository, repo, self.cfg.repositories_dir),
+                        "repositories_removed",
+                    )
+                )
+        # Deepest repositories first, so a parent emptied by its child's removal can follow.
+        phases[3].sort(key=lambda op: -str(op.fields["repository"]).count("/"))
+        for phase in phases:
+            if self.stop.is_set():
+                stats.stopped = True
+                break
+            if phase is phases[3]:
+                results = [self._run(op, stats) for op in phase]
+            else:
+                results = list(self.pool.map(lambda op: self._run(op, stats), phase))
+            if not all(results):
+                stats.stopped = stats.stopped or self.stop.is_set()
+
+    def _run(self, op: _Op, stats: SweepStats) -> bool:
+        # Checked before each operation, never inside one: a signal stops the sweep between
+        # two tags, not halfway through a tag.
+        if self.stop.is_set():
+            return False
+        if not self.cfg.dry_run:
+            try:
+                op.fn()
+            except OSError as exc:
+                stats.errors += 1
+                fields = {**op.fields, "error": str(exc)}
+                self.out.record("error", f"failed: {op.text}: {exc}", fields, logging.ERROR)
+                return True
+        setattr(stats, op.counter, getattr(stats, op.counter) + 1)
+        self.out.record(op.event, op.text, {**op.fields, "dry_run": self.cfg.dry_run})
+        return True
+
+    # -- gc ----------------------------------------------------------------------------
+    def gc(self, stats: SweepStats) -> None:
+        cfg = self.cfg
+        warn_blobdescriptor(cfg.registry_config, self.out)
+        self.out.emit(
+            "gc_started",
+            f"running {' '.join(gc.command(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run))}",
+        )
+        result = gc.run(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run)
+        stats.gc_ran = True
+        stats.gc_ok = result.ok
+        stats.gc_message = result.message
+        stats.gc_duration = result.duration
+        sizes = self.reader.known_sizes()
+        stats.blobs_deleted = len(result.deleted)
+        stats.bytes_reclaimed = sum(sizes.get(d, 0) for d in result.deleted)
+        stats.blobs_unknown_size = sum(1 for d in result.deleted if d not in sizes)
+        if not result.ok:
+            for line in result.output_tail:
+                self.out.emit("gc_output", f"gc: {line}", level=logging.ERROR)
+            self.out.emit("gc_failed", f"gc failed: {result.message}", level=logging.ERROR)
+        else:
+            self.out.emit(
+                "gc_done",
+                f"gc done in {result.duration:.1f} s: {len(result.deleted)} blobs deleted",
+                duration=round(result.duration, 3),
+                blobs_deleted=len(result.deleted),
+            )
+
+    def sweep(self, *, run_prune: bool = True, run_gc: bool = True) -> SweepStats:
+        start = time.monotonic()
+        stats = SweepStats(dry_run=self.cfg.dry_run)
+        if run_prune:
+            self.prune(stats)
+        if run_gc and not stats.stopped and not self.stop.is_set():
+            if self.cfg.dry_run:
+                log.info("dry run: garbage-collect not run")
+            elif run_prune and not stats.removed_anything:
+                log.info("gc skipped: nothing was removed")
+            else:
+                self.gc(stats)
+        stats.duration = time.monotonic() - start
+        return stats
+
+
+def warn_blobdescriptor(config_path: Path, out: Output) -> None:
+    try:
+        text = config_path.read_text(errors="replace")
+    except OSError:
+        return
+    if gc.config_enables_blobdescriptor(text):
+        out.emit(
+            "config_warning",
+            f"!!! {config_path} enables storage.cache.blobdescriptor: after GC the running"
+            " registry keeps believing deleted blobs exist, and a re-pushed layer is then"
+            " skipped and the image cannot be pulled. Remove the cache (the shipped config has"
+            " none) or restart the registry after every GC. !!!",
+            level=logging.WARNING,
+            registry_config=str(config_path),
+        )
+
+
+def summary(stats: SweepStats, command: str) -> str:
+    prefix = f"{command} {'dry run ' if stats.dry_run else ''}done"
+    if stats.stopped:
+        prefix = f"{command} stopped early"
+    parts = [
+        f"{stats.repositories} repositories",
+        f"{stats.tags_kept} tags kept",
+        f"{stats.tags_deleted} {'to delete' if stats.dry_run else 'deleted'}",
+        f"{stats.manifests_unlinked} manifests {'to unlink' if stats.dry_run else 'unlinked'}",
+    ]
+    if stats.leftovers_removed:
+        parts.append(f"{stats.leftovers_removed} leftover tag dirs")
+    if stats.repositories_removed:
+        parts.append(f"{stats.repositories_removed} empty repositories")
+    if stats.gc_ran:
+        unknown = (
+            f" (+{stats.blobs_unknown_size} of unknown size)" if stats.blobs_unknown_size else ""
+        )
+        parts.append(
+            f"{stats.blobs_deleted} blobs / {human_bytes(stats.bytes_reclaimed)} reclaimed{unknown}"
+        )
+        parts.append(f"gc {stats.gc_duration:.1f} s" + ("" if stats.gc_ok else " FAILED"))
+    else:
+        parts.append("gc not run")
+    if stats.errors:
+        parts.append(f"{stats.errors} errors")
+    return f"{prefix}: {', '.join(parts)}"
