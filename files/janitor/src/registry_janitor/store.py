@@ -7,6 +7,7 @@ independent reads run concurrently on a bounded thread pool. Symlinks are never 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -112,7 +113,7 @@ def read_link(path: Path) -> tuple[str | None, float | None]:
     except FileNotFoundError:
         return None, None
     except OSError as exc:
-        if exc.errno == getattr(os, "ELOOP", -1):  # a symlink where a link file should be
+        if exc.errno == errno.ELOOP:  # a symlink where a link file should be
             return None, None
         raise
     try:

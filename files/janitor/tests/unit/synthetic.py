@@ -1,0 +1,75 @@
+"""Synthetic registry trees on disk, laid out exactly as the filesystem driver does."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.v2 = root / "docker" / "registry" / "v2"
+        self.repositories = self.v2 / "repositories"
+        self.blobs = self.v2 / "blobs"
+        self.repositories.mkdir(parents=True)
+        self.blobs.mkdir(parents=True)
+
+    def blob(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        h = digest[7:]
+        path = self.blobs / "sha256" / h[:2] / h / "data"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return digest
+
+    def image(self, label: str, shared: bytes = b"base") -> str:
+        layers = [self.blob(shared), self.blob(f"layer {label}".encode())]
+        config = self.blob(json.dumps({"label": label}).encode())
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": config, "size": 10},
+            "layers": [{"digest": d, "size": 4} for d in layers],
+        }
+        return self.blob(json.dumps(doc).encode())
+
+    def index(self, children: list[str]) -> str:
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"digest": c, "size": 1} for c in children],
+        }
+        return self.blob(json.dumps(doc).encode())
+
+    def repo(self, name: str) -> Path:
+        path = self.repositories / name
+        (path / "_manifests" / "revisions" / "sha256").mkdir(parents=True, exist_ok=True)
+        (path / "_manifests" / "tags").mkdir(parents=True, exist_ok=True)
+        (path / "_layers" / "sha256").mkdir(parents=True, exist_ok=True)
+        return path
+
+    def revision(self, name: str, digest: str, mtime: float | None = None) -> None:
+        link = self.repo(name) / "_manifests" / "revisions" / "sha256" / digest[7:] / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(digest)
+        if mtime is not None:
+            os.utime(link, (mtime, mtime))
+
+    def tag(self, name: str, tag: str, digest: str, mtime: float) -> None:
+        self.revision(name, digest)
+        tag_dir = self.repo(name) / "_manifests" / "tags" / tag
+        link = tag_dir / "current" / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(digest)
+        index = tag_dir / "index" / "sha256" / digest[7:] / "link"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        index.write_text(digest)
+        os.utime(link, (mtime, mtime))
+
+    def age_everything(self, mtime: float) -> None:
+        for dirpath, dirnames, filenames in os.walk(self.repositories):
+            for n in dirnames + filenames:
+                os.utime(os.path.join(dirpath, n), (mtime, mtime), follow_symlinks=False)
