@@ -83,10 +83,14 @@ class Layout:
 
     def attestation(self, subject: Descriptor, label: str) -> Descriptor:
         """Like buildx's provenance attestation: platform unknown/unknown, in-toto layer."""
-        statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "l": label})
+        statement = json.dumps(
+            {"_type": "https://in-toto.io/Statement/v0.1", "subject": subject["digest"], "l": label}
+        )
         layer = self.blob(statement.encode(), IN_TOTO)
         cfg = self.blob(
-            json.dumps({"architecture": "unknown", "os": "unknown", "l": label}).encode(),
+            json.dumps(
+                {"architecture": "unknown", "os": "unknown", "s": subject["digest"]}
+            ).encode(),
             OCI_CONFIG,
         )
         manifest = {

@@ -1,0 +1,61 @@
+"""Runs the janitor the way the deployment does: a subprocess of the installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from registry import REGISTRY_BIN, Registry
+
+
+def run(
+    registry: Registry, *args: str, command: str = "sweep", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base_env = {k: v for k, v in os.environ.items() if k not in _OURS}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "registry_janitor",
+            command,
+            "--run-once",
+            "--data-dir",
+            str(registry.root),
+            "--registry-config",
+            str(registry.config),
+            "--registry-bin",
+            REGISTRY_BIN or "registry",
+            *args,
+        ],
+        capture_output=True,
+        check=False,  # callers assert on the exit status
+        text=True,
+        timeout=120,
+        env={**base_env, **(env or {})},
+    )
+
+
+def events(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+_OURS = {
+    "KEEP_LAST_N",
+    "JANITOR_INTERVAL_SECS",
+    "GC_DELETE_UNTAGGED",
+    "RUN_ONCE",
+    "DRY_RUN",
+    "JANITOR_DATA_DIR",
+    "JANITOR_REGISTRY_CONFIG",
+    "JANITOR_REGISTRY_BIN",
+    "RUN_GC",
+    "KEEP_MIN_AGE",
+    "PROTECT_TAGS",
+    "JANITOR_POLICY_FILE",
+    "JANITOR_METRICS_FILE",
+    "JANITOR_LOCK_FILE",
+    "JANITOR_CONCURRENCY",
+}
