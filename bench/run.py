@@ -1,0 +1,421 @@
+"""Benchmarks of the janitor against the seed's recipe and a ``find`` lower bound.
+
+    python3 bench/run.py [--size full|smoke] [--only plan,strace,sweep,growth,slowfs]
+
+Stores are generated once into ``--cache`` (default /var/tmp/registry-cache-bench) and copied
+with ``cp -a`` for every run that changes a store; read-only runs (the plan, the find bound)
+use the cached store itself. Prints one table and writes it, with every raw figure, to
+``<cache>/results-<size>.{json,md}``. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import check
+import contenders as C
+import report as R
+import slowfs
+from store import StoreSpec, cached_store, copy_store, remove_tree
+
+PARTS = ("plan", "strace", "sweep", "growth", "slowfs")
+SIZES: dict[str, dict[str, StoreSpec]] = {
+    "full": {
+        "a": StoreSpec("a", 1000, 100),
+        "b": StoreSpec("b", 20, 1000),
+        "c": StoreSpec("c", 20, 1000, "index"),
+        "half": StoreSpec("b-half", 20, 500),
+        "slow": StoreSpec("slow", 100, 100),
+    },
+    "smoke": {
+        "a": StoreSpec("a", 40, 25),
+        "b": StoreSpec("b", 4, 100),
+        "c": StoreSpec("c", 4, 100, "index"),
+        "half": StoreSpec("b-half", 4, 50),
+        "slow": StoreSpec("slow", 10, 10),
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.size: str = args.size
+        self.specs = SIZES[self.size]
+        self.keep: int = args.keep_last_n
+        self.repeat: int = args.repeat
+        self.latency_ms: float = args.latency_ms
+        self.cache = Path(args.cache)
+        self.work = self.cache / "work"
+        self.results: dict[str, object] = {}
+        self.rows: list[R.Row] = []
+
+    # -- helpers -----------------------------------------------------------------------
+    def store(self, key: str) -> Path:
+        return cached_store(self.cache / "stores", self.specs[key])
+
+    def fresh_copy(self, key: str, label: str) -> Path:
+        src = self.store(key)
+        dest = self.work / f"{key}-{label}"
+        start = time.perf_counter()
+        copy_store(src, dest)
+        log(f"  copied {self.specs[key].name} for {label} in {time.perf_counter() - start:.1f} s")
+        return dest
+
+    def out(self, name: str) -> Path:
+        self.work.mkdir(parents=True, exist_ok=True)
+        return self.work / f"{name}.out"
+
+    def lock(self) -> Path:
+        return self.work / "janitor.lock"
+
+    # -- parts -------------------------------------------------------------------------
+    def plan(self, key: str = "a") -> tuple[C.Result, C.Result]:
+        spec = self.specs[key]
+        root = self.store(key)
+        log(f"plan vs find bound on store {key} ({spec.repos} x {spec.tags})")
+        find = C.best_of(self.repeat, "find", C.find_bound_cmd(root), self.out(f"find-{key}"))
+        found = self.out(f"find-{key}").read_bytes().count(b"\n")
+        if found != spec.total_tags:
+            raise RuntimeError(f"find bound saw {found} links, expected {spec.total_tags}")
+        plan_out = self.out(f"plan-{key}")
+        plan = C.best_of(self.repeat, "plan", C.plan_cmd(root, self.lock(), self.keep), plan_out)
+        plan.extra["summary"] = _last_line(plan_out)
+        log(f"  find {find.wall_s:.2f} s, plan {plan.wall_s:.2f} s: {plan.extra['summary']}")
+        self.results[f"plan_{key}"] = asdict(plan)
+        self.results[f"find_{key}"] = asdict(find)
+        return plan, find
+
+    def strace(self, key: str = "a") -> dict[str, dict[str, int]]:
+        spec = self.specs[key]
+        root = self.store(key)
+        log(f"strace -f -c: plan and find bound on store {key}")
+        out = {}
+        for name, cmd in (
+            ("plan", C.plan_cmd(root, self.lock(), self.keep)),
+            ("find", C.find_bound_cmd(root)),
+        ):
+            counts = C.fs_syscalls(C.strace_counts(cmd, self.out(f"strace-{name}-{key}")))
+            out[name] = counts
+            total = sum(counts.values())
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+            log(f"  {name}: {total / spec.total_tags:.2f} fs syscalls per tag; top {top}")
+        self.results[f"strace_{key}"] = out
+        return out
+
+    def sweep_vs_seed(
+        self, key: str
+    ) -> tuple[C.Result, C.Result, check.CheckResult, check.CheckResult]:
+        spec = self.specs[key]
+        log(f"sweep vs seed recipe on store {key} ({spec.repos} x {spec.tags}, {spec.kind})")
+        seed = self._mutating(key, "seed")
+        seed_check = self._last_check
+        sweep = self._mutating(key, "sweep")
+        sweep_check = self._last_check
+        return sweep, seed, sweep_check, seed_check
+
+    _last_check: check.CheckResult
+
+    def _mutating(self, key: str, which: str) -> C.Result:
+        spec = self.specs[key]
+        root = self.fresh_copy(key, which)
+        cfg = C.write_registry_config(self.work / f"registry-{key}-{which}.yml", root)
+        gc_log = self.work / f"gc-{key}-{which}.log"
+        if gc_log.exists():
+            gc_log.unlink()
+        wrapper = C.write_gc_wrapper(self.work / f"registry-{key}-{which}", gc_log)
+        if which == "seed":
+            cmd = C.seed_cmd(root, self.keep, cfg, wrapper)
+        else:
+            cmd = C.sweep_cmd(root, self.lock(), self.keep, cfg, wrapper)
+        try:
+            res = C.run_timed(which, cmd, self.out(f"{which}-{key}"))
+            res.gc_wall_s, res.gc_max_rss_kb = C.read_gc_log(gc_log)
+            res.extra["summary"] = _last_line(self.out(f"{which}-{key}"))
+            chk = check.check_store(root, spec, self.keep)
+        finally:
+            remove_tree(root)
+        self._last_check = chk
+        res.extra["check"] = asdict(chk)
+        log(
+            f"  {which}: {res.wall_s:.2f} s (GC {res.gc_wall_s:.2f} s), rss {res.max_rss_kb} kB,"
+            f" GC rss {res.gc_max_rss_kb} kB; kept {chk.tags_present}/{chk.tags_expected},"
+            f" broken {chk.broken_tags}, retention mismatches {chk.retention_mismatch},"
+            f" blobs left {chk.blobs}"
+        )
+        self.results[f"{which}_{key}"] = asdict(res)
+        return res
+
+    def sweep_only(self, key: str) -> C.Result:
+        log(f"sweep on store {key} (peak memory)")
+        return self._mutating(key, "sweep")
+
+    def slow(self) -> dict[str, object]:
+        key = "slow"
+        spec = self.specs[key]
+        log(
+            f"plan on slowfs ({self.latency_ms:g} ms per operation) over store {key}"
+            f" ({spec.repos} x {spec.tags})"
+        )
+        root = self.fresh_copy(key, "slowfs")
+        mnt = self.work / "slowfs-mnt"
+        res: dict[str, object] = {"latency_ms": self.latency_ms, "tags": spec.total_tags}
+        try:
+            for label, conc in (("c1", 1), ("default", None)):
+                stats = self.work / f"slowfs-{label}.json"
+                with slowfs.mounted(root, mnt, self.latency_ms, stats, sys.executable):
+                    cmd = C.plan_cmd(mnt, self.work / "janitor-slow.lock", self.keep, conc)
+                    r = C.run_timed(f"plan-slowfs-{label}", cmd, self.out(f"plan-slowfs-{label}"))
+                counts = slowfs.read_stats(stats)
+                ops = sum(counts.values())
+                c = conc or C.JANITOR_DEFAULT_CONCURRENCY
+                bound = ops * self.latency_ms / 1000.0 / c
+                res[label] = {
+                    "wall_s": r.wall_s,
+                    "ops": ops,
+                    "ops_by_kind": counts,
+                    "concurrency": c,
+                    "model_bound_s": bound,
+                    "summary": _last_line(self.out(f"plan-slowfs-{label}")),
+                }
+                log(
+                    f"  concurrency {c}: {r.wall_s:.2f} s, {ops} ops"
+                    f" ({ops / spec.total_tags:.2f}/tag), model bound {bound:.2f} s; {counts}"
+                )
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+            remove_tree(root)
+        self.results["slowfs"] = res
+        return res
+
+    # -- the whole run ---------------------------------------------------------------
+    def run(self, parts: list[str]) -> list[R.Row]:
+        rows = self.rows
+        sp = self.specs
+        a, b, c = sp["a"], sp["b"], sp["c"]
+        la = f"store (a) {a.repos}x{a.tags}"
+        lb = f"store (b) {b.repos}x{b.tags}"
+        lc = f"store (c) {c.repos}x{c.tags} index"
+        plan_b = sweep_b = None
+        if "plan" in parts:
+            plan, find = self.plan("a")
+            rows.append(R.Row(f"{la}: find bound", R.secs(find.wall_s)))
+            rows.append(R.Row(f"{la}: plan (dry run)", R.secs(plan.wall_s)))
+            rows.append(R.ratio_row(f"{la}: plan / find", plan.wall_s, find.wall_s, at_most=3))
+            rows.append(R.Row(f"{la}: plan peak RSS", R.mib(plan.max_rss_kb)))
+        if "strace" in parts:
+            st = self.strace("a")
+            for name in ("plan", "find"):
+                per_tag = sum(st[name].values()) / a.total_tags
+                rows.append(R.Row(f"{la}: fs syscalls per tag, {name}", f"{per_tag:.2f}"))
+        if "sweep" in parts:
+            sweep_b, seed_b, chk_sw_b, chk_seed_b = self.sweep_vs_seed("b")
+            rows.append(
+                R.Row(
+                    f"{lb}: seed recipe (GC part)",
+                    f"{R.secs(seed_b.wall_s)} ({R.secs(seed_b.gc_wall_s)})",
+                )
+            )
+            rows.append(
+                R.Row(
+                    f"{lb}: sweep (GC part)",
+                    f"{R.secs(sweep_b.wall_s)} ({R.secs(sweep_b.gc_wall_s)})",
+                )
+            )
+            rows.append(
+                R.ratio_row(f"{lb}: seed / sweep", seed_b.wall_s, sweep_b.wall_s, at_least=10)
+            )
+            sweep_c, seed_c, chk_sw_c, chk_seed_c = self.sweep_vs_seed("c")
+            rows.append(
+                R.Row(
+                    f"{lc}: seed recipe (GC part)",
+                    f"{R.secs(seed_c.wall_s)} ({R.secs(seed_c.gc_wall_s)})",
+                )
+            )
+            rows.append(
+                R.Row(
+                    f"{lc}: sweep (GC part)",
+                    f"{R.secs(sweep_c.wall_s)} ({R.secs(sweep_c.gc_wall_s)})",
+                )
+            )
+            rows.append(R.ratio_row(f"{lc}: seed / sweep", seed_c.wall_s, sweep_c.wall_s))
+            for label, chk_sw, chk_seed in ((lb, chk_sw_b, chk_seed_b), (lc, chk_sw_c, chk_seed_c)):
+                rows.append(
+                    R.Row(
+                        f"{label}: kept tags broken after sweep",
+                        f"{chk_sw.broken_tags} of {chk_sw.tags_present}",
+                        "0",
+                        chk_sw.broken_tags == 0 and chk_sw.retention_mismatch == 0,
+                    )
+                )
+                rows.append(
+                    R.Row(
+                        f"{label}: kept tags broken after seed recipe",
+                        f"{chk_seed.broken_tags} of {chk_seed.tags_present}",
+                    )
+                )
+                rows.append(
+                    R.Row(
+                        f"{label}: blobs left, sweep / seed", f"{chk_sw.blobs} / {chk_seed.blobs}"
+                    )
+                )
+            sweep_a = self.sweep_only("a")
+            rows.append(
+                R.Row(
+                    f"{la}: sweep (GC part)",
+                    f"{R.secs(sweep_a.wall_s)} ({R.secs(sweep_a.gc_wall_s)})",
+                )
+            )
+            rows.append(
+                R.Row(
+                    f"{la}: sweep peak RSS, janitor / GC",
+                    f"{R.mib(sweep_a.max_rss_kb)} / {R.mib(sweep_a.gc_max_rss_kb)}",
+                )
+            )
+            chk = self._last_check
+            rows.append(
+                R.Row(
+                    f"{la}: kept tags broken after sweep",
+                    f"{chk.broken_tags} of {chk.tags_present}",
+                    "0",
+                    chk.broken_tags == 0 and chk.retention_mismatch == 0,
+                )
+            )
+        if "growth" in parts:
+            h = sp["half"]
+            lh = f"{h.repos}x{h.tags} -> {b.repos}x{b.tags}"
+            plan_h, _ = self.plan("half")
+            plan_b, _ = self.plan("b")
+            sweep_h = self.sweep_only("half")
+            if sweep_b is None:
+                sweep_b = self.sweep_only("b")
+            rows.append(
+                R.Row(f"growth {lh}: plan", f"{R.secs(plan_h.wall_s)} -> {R.secs(plan_b.wall_s)}")
+            )
+            rows.append(
+                R.ratio_row(f"growth {lh}: plan ratio", plan_b.wall_s, plan_h.wall_s, at_most=2.2)
+            )
+            rows.append(
+                R.Row(
+                    f"growth {lh}: sweep", f"{R.secs(sweep_h.wall_s)} -> {R.secs(sweep_b.wall_s)}"
+                )
+            )
+            rows.append(
+                R.ratio_row(
+                    f"growth {lh}: sweep ratio", sweep_b.wall_s, sweep_h.wall_s, at_most=2.2
+                )
+            )
+        if "slowfs" in parts:
+            s = sp["slow"]
+            ls = f"slowfs {self.latency_ms:g} ms, {s.repos}x{s.tags}"
+            res = self.slow()
+            c1, dflt = res["c1"], res["default"]
+            assert isinstance(c1, dict) and isinstance(dflt, dict)
+            conc = dflt["concurrency"]
+            rows.append(R.Row(f"{ls}: plan, concurrency 1", R.secs(c1["wall_s"])))
+            rows.append(R.Row(f"{ls}: plan, concurrency {conc} (default)", R.secs(dflt["wall_s"])))
+            rows.append(
+                R.Row(
+                    f"{ls}: operations per tag (conc. {conc})", f"{dflt['ops'] / s.total_tags:.2f}"
+                )
+            )
+            rows.append(
+                R.Row(f"{ls}: model bound ops x latency / {conc}", R.secs(dflt["model_bound_s"]))
+            )
+            rows.append(
+                R.ratio_row(
+                    f"{ls}: plan / model bound", dflt["wall_s"], dflt["model_bound_s"], at_most=1.5
+                )
+            )
+            rows.append(
+                R.ratio_row(
+                    f"{ls}: speed-up over concurrency 1", c1["wall_s"], dflt["wall_s"], at_least=5
+                )
+            )
+        return rows
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][-300:] if lines else ""
+
+
+def machine() -> dict[str, str]:
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    reg = subprocess.run([C.REGISTRY_BIN, "--version"], capture_output=True, text=True, check=False)
+    return {
+        "nproc": str(os.cpu_count()),
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "registry": reg.stdout.strip(),
+        "filesystem": " ".join(
+            subprocess.run(["df", "-T", "/var/tmp"], capture_output=True, text=True, check=False)
+            .stdout.splitlines()[-1]
+            .split()[:2]
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument("--keep-last-n", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=3, help="runs of read-only contenders (best)")
+    p.add_argument("--latency-ms", type=float, default=2.0)
+    p.add_argument("--cache", default="/var/tmp/registry-cache-bench")
+    args = p.parse_args(argv)
+    parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    for tool in (C.TIME_BIN, C.REGISTRY_BIN, shutil.which("strace") or "/usr/bin/strace"):
+        if not Path(tool).exists():
+            p.error(f"{tool} is missing (apt-get install time strace docker-registry)")
+    C.janitor_bin()
+    bench = Bench(args)
+    start = time.perf_counter()
+    rows = bench.run(parts)
+    total = time.perf_counter() - start
+    title = f"registry-cache benchmarks, size {args.size}, {time.strftime('%Y-%m-%d')}"
+    print()
+    print(R.text_table(rows, title))
+    print(f"total {total:.0f} s")
+    bench.results.update(
+        {
+            "machine": machine(),
+            "size": args.size,
+            "parts": parts,
+            "total_s": total,
+            "rows": [asdict(r) for r in rows],
+        }
+    )
+    base = Path(args.cache) / f"results-{args.size}"
+    base.with_suffix(".json").write_text(json.dumps(bench.results, indent=2, default=str))
+    base.with_suffix(".md").write_text(R.markdown_table(rows) + "\n")
+    print(f"results: {base}.json, {base}.md")
+    # Ratios are figures, not tests (a smoke size is too small for them to mean anything);
+    # a kept tag broken by the janitor's sweep is a failure at any size.
+    broken = [r for r in rows if r.target == "0" and r.met is False]
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
