@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # a push links its layers before it uploads the manifest.
 EMPTY_REPOSITORY_AGE = retention.LEFTOVER_TAG_AGE
 
+# In the data directory: pruning removed something that GC has not collected yet.
+GC_PENDING_FILE = ".registry-janitor.gc-pending"
+
 
 @dataclass
 class RepoPlan:
@@ -173,6 +176,10 @@ class Janitor:
         self.stop = stop or threading.Event()
         self.reader = manifests.ManifestReader(cfg.blobs_dir, pool)
 
+    @property
+    def gc_pending_file(self) -> Path:
+        return self.cfg.data_dir / GC_PENDING_FILE
+
     # -- prune -------------------------------------------------------------------------
     def prune(self, stats: SweepStats) -> None:
         cfg = self.cfg
@@ -251,6 +258,10 @@ class Janitor:
                 )
         # Deepest repositories first, so a parent emptied by its child's removal can follow.
         phases[3].sort(key=lambda op: -str(op.fields["repository"]).count("/"))
+        if not self.cfg.dry_run and any(phases):
+            # Written before the first deletion: if GC then fails, is skipped or the process
+            # dies, the next sweep still runs GC although it finds nothing new to remove.
+            self.gc_pending_file.touch()
         for phase in phases:
             if self.stop.is_set():
                 stats.stopped = True
@@ -283,11 +294,11 @@ class Janitor:
     def gc(self, stats: SweepStats) -> None:
         cfg = self.cfg
         warn_blobdescriptor(cfg.registry_config, self.out)
-        self.out.emit(
-            "gc_started",
-            f"running {' '.join(gc.command(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run))}",
-        )
+        cmd = gc.command(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run)
+        self.out.emit("gc_started", f"running {' '.join(cmd)}", command=cmd)
         result = gc.run(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run)
+        if result.ok and not cfg.dry_run:
+            self.gc_pending_file.unlink(missing_ok=True)
         stats.gc_ran = True
         stats.gc_ok = result.ok
         stats.gc_message = result.message
@@ -316,7 +327,7 @@ class Janitor:
         if run_gc and not stats.stopped and not self.stop.is_set():
             if self.cfg.dry_run:
                 log.info("dry run: garbage-collect not run")
-            elif run_prune and not stats.removed_anything:
+            elif run_prune and not stats.removed_anything and not self.gc_pending_file.exists():
                 log.info("gc skipped: nothing was removed")
             else:
                 self.gc(stats)

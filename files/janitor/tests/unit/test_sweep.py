@@ -207,3 +207,28 @@ def test_interrupted_tag_deletion_is_never_half_visible(s: Store) -> None:
     finally:
         executor.shutil.rmtree = real_rmtree
     assert calls and tags(s, "r") == {"keep"}
+
+
+def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
+    s: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry_janitor import executor
+
+    for i in range(20):
+        s.tag("r", f"t{i:02}", s.image(str(i)), OLD + i)
+    stop = threading.Event()
+    real = executor.delete_tag
+    done: list[str] = []
+
+    def delete_then_signal(repo: object, tag: str) -> None:
+        real(repo, tag)  # type: ignore[arg-type]
+        done.append(tag)
+        stop.set()  # as the SIGTERM handler does
+
+    monkeypatch.setattr(executor, "delete_tag", delete_then_signal)
+    stats = prune(s, stop=stop, keep_last_n=1)
+    assert stats.stopped and stats.manifests_unlinked == 0
+    left = tags(s, "r")
+    assert len(left) == 20 - len(done) and 1 <= len(done) <= 4  # at most one per worker
+    for name in left:  # every remaining tag is whole
+        assert (s.repositories / "r" / "_manifests" / "tags" / name / "current" / "link").is_file()
