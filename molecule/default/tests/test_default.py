@@ -1,0 +1,142 @@
+"""Outcomes a user of the cache host cares about, checked inside the converged host."""
+
+import json
+import os
+
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("registry_cache")
+
+PASSWORD = "molecule-Zq8vW3xK-not-a-real-password"
+CREDENTIALS = "/etc/storagebox-storagebox.cred"
+COMPOSE = "docker compose -p registry-cache -f /opt/registry-cache/compose.yml"
+
+
+def test_registry_cache_service_is_active(host):
+    service = host.service("registry-cache.service")
+    assert service.is_enabled
+    assert service.is_running  # active (exited) for a oneshot with RemainAfterExit
+    unit = host.run("systemctl show registry-cache.service -p RequiresMountsFor")
+    assert "/var/lib/registry-cache/data" in unit.stdout
+
+
+def test_registry_answers_v2_on_port_5000(host):
+    result = host.run("curl -fsS -o /dev/null -w '%{http_code}' http://127.0.0.1:5000/v2/")
+    assert result.rc == 0, result.stderr
+    assert result.stdout == "200"
+
+
+def test_registry_container_is_healthy(host):
+    cid = host.check_output(f"{COMPOSE} ps -q registry")
+    health = host.check_output(f"docker inspect --format '{{{{.State.Health.Status}}}}' {cid}")
+    assert health == "healthy"
+
+
+def test_push_and_pull_through_the_registry(host):
+    image = "127.0.0.1:5000/molecule/hello:v1"
+    script = f"""
+set -eu
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+echo "hello from molecule $(date +%s%N)" > "$dir/hello.txt"
+printf 'FROM scratch\\nCOPY hello.txt /hello.txt\\n' > "$dir/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t {image} "$dir" >/dev/null
+built=$(docker image inspect --format '{{{{.Id}}}}' {image})
+docker push -q {image} >/dev/null
+docker image rm {image} >/dev/null
+docker pull -q {image} >/dev/null
+pulled=$(docker image inspect --format '{{{{.Id}}}}' {image})
+test "$built" = "$pulled"
+cid=$(docker create {image} /none)
+docker cp "$cid:/hello.txt" - | tar -xO hello.txt | grep -q "hello from molecule"
+docker rm "$cid" >/dev/null
+"""
+    result = host.run(script)
+    assert result.rc == 0, result.stdout + result.stderr
+    tags = json.loads(host.check_output("curl -fsS http://127.0.0.1:5000/v2/molecule/hello/tags/list"))
+    assert tags == {"name": "molecule/hello", "tags": ["v1"]}
+
+
+def test_janitor_timer_is_scheduled(host):
+    timer = host.service("registry-janitor.timer")
+    assert timer.is_enabled
+    assert timer.is_running
+    nxt = host.check_output("systemctl show registry-janitor.timer -p NextElapseUSecRealtime --value")
+    assert nxt.strip() not in ("", "n/a", "0")
+
+
+def test_janitor_service_runs_a_sweep(host):
+    result = host.run("systemctl start registry-janitor.service")
+    assert result.rc == 0, host.run("journalctl -u registry-janitor.service -n 50 --no-pager").stdout
+    state = host.check_output("systemctl show registry-janitor.service -p Result --value")
+    assert state == "success"
+
+
+def test_janitor_settings_reach_the_container(host):
+    env = host.file("/opt/registry-cache/janitor.env").content_string
+    assert "KEEP_LAST_N='5'" in env
+    assert "PROTECT_TAGS='latest|v[0-9].*'" in env
+    policy = host.file("/opt/registry-cache/janitor/policy.toml").content_string
+    assert 'match = "molecule/**"' in policy
+    assert "keep_last_n = 3" in policy
+
+
+def test_fstab_entry(host):
+    lines = [
+        line.split()
+        for line in host.file("/etc/fstab").content_string.splitlines()
+        if line.strip() and not line.startswith("#") and " /mnt/storagebox " in f" {line} "
+    ]
+    assert len(lines) == 1
+    src, path, fstype, opts = lines[0][:4]
+    assert src == "//u000000.your-storagebox.de/backup"
+    assert path == "/mnt/storagebox"
+    assert fstype == "cifs"
+    options = opts.split(",")
+    for expected in (
+        f"credentials={CREDENTIALS}",
+        "vers=3.1.1",
+        "seal",
+        "iocharset=utf8",
+        "_netdev",
+        "nofail",
+        "uid=10000",
+        "gid=10000",
+    ):
+        assert expected in options
+    assert not any(o.startswith(("password=", "username=", "user=")) for o in options)
+
+
+def test_credentials_file_is_root_only(host):
+    cred = host.file(CREDENTIALS)
+    assert cred.is_file
+    assert cred.user == "root"
+    assert cred.group == "root"
+    assert cred.mode == 0o600
+    assert f"password={PASSWORD}" in cred.content_string
+    assert "username=u000000" in cred.content_string
+
+
+def test_password_appears_nowhere_else(host):
+    with host.sudo():
+        files = host.run(
+            f"grep -rlF -- '{PASSWORD}' /etc /opt/registry-cache /var/lib/registry-cache "
+            "/root /var/log /var/tmp /tmp 2>/dev/null"
+        ).stdout.split()
+        assert files == [CREDENTIALS]
+        journal = host.run(f"journalctl --no-pager -o cat | grep -cF -- '{PASSWORD}'")
+        assert journal.stdout.strip() == "0"
+        inspect = host.run(f"docker inspect $(docker ps -aq) | grep -cF -- '{PASSWORD}'")
+        assert inspect.stdout.strip() == "0"
+
+
+def test_config_drift_is_restored_and_registry_restarted(host):
+    config = host.file("/opt/registry-cache/config.yml").content_string
+    assert "molecule drift marker" not in config
+    assert "blobdescriptor:" not in config
+    before = host.file("/var/tmp/molecule-registry-started-at").content_string.strip()
+    cid = host.check_output(f"{COMPOSE} ps -q registry")
+    after = host.check_output(f"docker inspect --format '{{{{.State.StartedAt}}}}' {cid}")
+    assert before and after > before  # RFC 3339 in UTC sorts as text
