@@ -92,15 +92,7 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def plan_repository(
-    repo: store.Repository,
-    rule: Rule,
-    now: float,
-    reader: manifests.ManifestReader,
-    *,
-    unlink_untagged: bool,
-    pool: Executor | None = None,
-) -> RepoPlan:
+def _decide(repo: store.Repository, rule: Rule, now: float) -> RepoPlan:
     plan = RepoPlan(repo, rule)
     if not repo.complete:
         plan.decisions = [
@@ -109,34 +101,6 @@ def plan_repository(
         return plan
     plan.decisions = retention.decide(repo.tags, rule, now)
     plan.leftovers = [t for t in repo.tags if retention.is_leftover(t, now)]
-    if unlink_untagged:
-        reach = manifests.closure(retention.remaining_roots(plan.decisions), reader)
-        if not reach.complete:
-            log.warning(
-                "%s: cannot read manifest(s) %s; not unlinking any revision here",
-                repo.name,
-                ", ".join(sorted(reach.unreadable)),
-            )
-        else:
-            candidates = sorted(repo.revisions - reach.reachable)
-            if rule.keep_min_age > 0 and candidates:
-                # A manifest pushed by digest moments ago may be the child of an index whose
-                # push is still under way: respect the same minimum age as for tags.
-                links = [executor.revision_dir(repo, d) / "link" for d in candidates]
-                mtimes = list(store.pmap(pool, _mtime, links))
-                candidates = [
-                    d
-                    for d, m in zip(candidates, mtimes, strict=True)
-                    if m is None or now - m >= rule.keep_min_age
-                ]
-            plan.unlink = candidates
-            reader.read_many(candidates)  # their descriptors give sizes of what GC frees
-    going = {d.tag for d in plan.deleted} | set(plan.leftovers)
-    left_tags = [t for t in repo.tags if t not in going]
-    left_revisions = repo.revisions - set(plan.unlink)
-    if not left_tags and not left_revisions and repo.uploads == 0:
-        layers = _mtime(repo.path / "_layers" / "sha256")
-        plan.remove_repository = layers is None or now - layers >= EMPTY_REPOSITORY_AGE
     return plan
 
 
@@ -149,12 +113,48 @@ def plan_all(
     unlink_untagged: bool,
     pool: Executor | None = None,
 ) -> list[RepoPlan]:
-    return [
-        plan_repository(
-            r, policy.rule_for(r.name), now, reader, unlink_untagged=unlink_untagged, pool=pool
-        )
-        for r in repos
-    ]
+    """Decide everything for every repository; reads, never writes.
+
+    The I/O is batched across repositories (one manifest walk, one batch of stats), so on a
+    slow filesystem the number of sequential round-trip waves does not grow with the number
+    of repositories.
+    """
+    plans = [_decide(r, policy.rule_for(r.name), now) for r in repos]
+    active = [p for p in plans if p.repository.complete]
+    if unlink_untagged:
+        roots = [retention.remaining_roots(p.decisions) for p in active]
+        manifests.closure(frozenset().union(*roots), reader)  # fills the cache for all
+        for p, repo_roots in zip(active, roots, strict=True):
+            reach = manifests.closure(repo_roots, reader)  # served from the cache
+            if not reach.complete:
+                log.warning(
+                    "%s: cannot read manifest(s) %s; not unlinking any revision here",
+                    p.repository.name,
+                    ", ".join(sorted(reach.unreadable)),
+                )
+                continue
+            p.unlink = sorted(p.repository.revisions - reach.reachable)
+        # A manifest pushed by digest moments ago may be the child of an index whose push is
+        # still under way: untagged revisions get the same minimum age as tags.
+        aging = [(p, d) for p in active if p.rule.keep_min_age > 0 for d in p.unlink]
+        links = [executor.revision_dir(p.repository, d) / "link" for p, d in aging]
+        for (p, d), mtime in zip(aging, store.pmap(pool, _mtime, links), strict=True):
+            if mtime is not None and now - mtime < p.rule.keep_min_age:
+                p.unlink.remove(d)
+        # Their descriptors give the sizes of the blobs GC will free.
+        reader.read_many(d for p in active for d in p.unlink)
+    empty = []
+    for p in active:
+        going = {d.tag for d in p.deleted} | set(p.leftovers)
+        left_tags = [t for t in p.repository.tags if t not in going]
+        left_revisions = p.repository.revisions - set(p.unlink)
+        if not left_tags and not left_revisions and p.repository.uploads == 0:
+            empty.append(p)
+    layers = [p.repository.path / "_layers" / "sha256" for p in empty]
+    for p, mtime in zip(empty, store.pmap(pool, _mtime, layers), strict=True):
+        # A push links its layers before it uploads the manifest: wait for a quiet `_layers`.
+        p.remove_repository = mtime is None or now - mtime >= EMPTY_REPOSITORY_AGE
+    return plans
 
 
 @dataclass
