@@ -64,9 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(args.pop("json", False))
     verbose = bool(args.pop("verbose", False))
     try:
-        cfg = config.load(args)
-        if command == "gc" or (command == "sweep" and cfg.run_gc):
-            config.require_registry_config(cfg)
+        cfg = config.load(args, command=command)
     except config.ConfigError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_CONFIG

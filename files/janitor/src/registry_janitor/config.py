@@ -137,8 +137,16 @@ def resolve(flags: Mapping[str, object], env: Mapping[str, str]) -> dict[str, st
     return raw
 
 
-def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> Config:
-    """Build and validate the whole configuration; raises ConfigError on the first bad value."""
+def load(
+    flags: Mapping[str, object],
+    env: Mapping[str, str] | None = None,
+    *,
+    command: str = "prune",
+) -> Config:
+    """Build and validate the whole configuration; raises ConfigError on the first bad value.
+
+    `command` matters for one check: when GC will run, the registry config must exist.
+    """
     raw = resolve(flags, os.environ if env is None else env)
 
     def name(key: str) -> str:
@@ -156,6 +164,10 @@ def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> C
     data_dir = Path(raw["data_dir"])
     if not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
+    registry_config = Path(raw["registry_config"])
+    gc_will_run = command == "gc" or (command == "sweep" and b["run_gc"])
+    if gc_will_run and not registry_config.is_file():
+        raise ConfigError(name("registry_config"), f'file does not exist: "{registry_config}"')
     if raw["registry_bin"].strip() == "":
         raise ConfigError(name("registry_bin"), "must not be empty")
 
@@ -177,7 +189,7 @@ def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> C
         run_once=b["run_once"],
         dry_run=b["dry_run"],
         data_dir=data_dir,
-        registry_config=Path(raw["registry_config"]),
+        registry_config=registry_config,
         registry_bin=raw["registry_bin"],
         run_gc=b["run_gc"],
         keep_min_age=min_age,
@@ -188,11 +200,3 @@ def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> C
         concurrency=concurrency,
         policy=policy,
     )
-
-
-def require_registry_config(config: Config) -> None:
-    """garbage-collect needs the registry config; checked only when GC will run."""
-    if not config.registry_config.is_file():
-        raise ConfigError(
-            "JANITOR_REGISTRY_CONFIG", f'file does not exist: "{config.registry_config}"'
-        )

@@ -25,11 +25,17 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+class _HumanFormatter(logging.Formatter):
+    # Plain lines for the normal case (the Ansible playbook prints them); a level prefix
+    # only where it carries news. journald adds the timestamps.
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno == logging.INFO else f"{record.levelname}: {text}"
+
+
 def setup_logging(*, as_json: bool, verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stdout if as_json else sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter() if as_json else logging.Formatter("%(levelname)s %(message)s")
-    )
+    handler.setFormatter(_JsonFormatter() if as_json else _HumanFormatter("%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

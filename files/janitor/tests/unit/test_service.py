@@ -136,3 +136,40 @@ def test_gc_runs_with_the_shipped_arguments_and_clears_the_pending_mark(tmp_path
     assert result.returncode == 0, result.stderr
     assert argv_log.read_text().split() == ["garbage-collect", str(config)]
     assert not (s.root / ".registry-janitor.gc-pending").exists()
+
+
+def test_two_concurrent_sweeps_the_second_is_refused(tmp_path: Path) -> None:
+    s = Store(tmp_path / "data")
+    s.tag("r", "a", s.image("a"), OLD)
+    s.tag("r", "b", s.image("b"), OLD + 1)
+    s.tag("r", "c", s.image("c"), OLD + 2)
+    config = tmp_path / "config.yml"
+    config.write_text("version: 0.1\n")
+    started = tmp_path / "gc-started"
+    slow_gc = tmp_path / "registry"
+    slow_gc.write_text(f"#!/bin/sh\ntouch {started}\nsleep 3\n")
+    slow_gc.chmod(0o755)
+    args = ["--run-once", "--registry-config", str(config), "--registry-bin", str(slow_gc)]
+    with subprocess.Popen(
+        janitor(s, "sweep", "--keep-last-n", "2", *args),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as first:
+        deadline = time.monotonic() + 20
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()  # the first sweep is in GC, holding the lock
+        second = subprocess.run(
+            janitor(s, "sweep", "--keep-last-n", "0", *args),
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            check=False,
+        )
+        assert first.wait(20) == 0
+    assert second.returncode == 1
+    lock = s.root / ".registry-janitor.lock"
+    assert f"ERROR: another sweep holds the lock {lock}" in second.stderr
+    remaining = {p.name for p in (s.repositories / "r" / "_manifests" / "tags").iterdir()}
+    assert remaining == {"b", "c"}  # the second sweep (keep 0) deleted nothing
