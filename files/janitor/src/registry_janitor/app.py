@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from types import FrameType
 
 from registry_janitor import metrics, report
@@ -34,25 +35,23 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
 
 def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
-    try:
-        # A dry run changes nothing, so it neither needs nor creates the lock file.
-        lock = None if cfg.dry_run else SweepLock(cfg.lock_file)
-        if lock is not None:
-            lock.__enter__()
-    except LockHeld as exc:
-        out.emit("locked", str(exc), level=logging.ERROR, lock_file=str(cfg.lock_file))
-        return EXIT_FAILED
-    try:
-        stats = janitor.sweep(
-            run_prune=command in ("sweep", "prune"),
-            run_gc=command == "gc" or (command == "sweep" and cfg.run_gc),
-        )
-    except Exception:  # a failed sweep is reported; in loop mode the next one runs
-        log.exception("%s failed", command)
-        stats = SweepStats(dry_run=cfg.dry_run, errors=1)
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
+    stats = SweepStats(dry_run=cfg.dry_run)
+    with ExitStack() as stack:
+        if not cfg.dry_run:  # a dry run changes nothing: it neither needs nor creates the lock
+            try:
+                stack.enter_context(SweepLock(cfg.lock_file))
+            except LockHeld as exc:
+                out.emit("locked", str(exc), level=logging.ERROR, lock_file=str(cfg.lock_file))
+                return EXIT_FAILED
+        try:
+            janitor.sweep(
+                stats,
+                run_prune=command in ("sweep", "prune"),
+                run_gc=command == "gc" or (command == "sweep" and cfg.run_gc),
+            )
+        except Exception:  # a failed sweep is reported; in loop mode the next one runs
+            log.exception("%s failed", command)
+            stats.errors += 1
     line = summary(stats, command)
     fields = {"command": command, "ok": stats.ok, **vars(stats)}
     out.record("summary", line, fields, logging.INFO if stats.ok else logging.ERROR)
@@ -68,11 +67,11 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
     setup_logging(as_json=as_json, verbose=verbose)
     out = Output(as_json=as_json)
     stop = threading.Event()
-    _install_signal_handlers(stop)
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="io") as pool:
-        if command == "report":
+        if command == "report":  # read-only: Ctrl-C may interrupt it anywhere
             report.run(cfg.repositories_dir, cfg.blobs_dir, pool, out, sys.stdout)
             return EXIT_OK
+        _install_signal_handlers(stop)
         loop = command == "sweep" and not cfg.run_once
         status = EXIT_OK
         while True:

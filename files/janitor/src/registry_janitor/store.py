@@ -137,6 +137,9 @@ def discover(repositories_dir: Path, pool: Executor | None = None) -> list[_Dir]
         listed = list(pmap(pool, _list_dir, level))
         nxt: list[_Dir] = []
         for d in listed:
+            if d.error and not d.name:
+                # The root itself: a lost mount must fail the sweep, not look like an empty store.
+                raise OSError(d.error)
             if d.error:
                 log.warning("%s; repositories below it are skipped this time", d.error)
             if d.name and "_manifests" in d.registry_dirs:

@@ -319,19 +319,27 @@ class Janitor:
                 blobs_deleted=len(result.deleted),
             )
 
-    def sweep(self, *, run_prune: bool = True, run_gc: bool = True) -> SweepStats:
+    def sweep(
+        self, stats: SweepStats | None = None, *, run_prune: bool = True, run_gc: bool = True
+    ) -> SweepStats:
+        """Fills `stats` as it goes, so a sweep that raises still reports what it did."""
         start = time.monotonic()
-        stats = SweepStats(dry_run=self.cfg.dry_run)
-        if run_prune:
-            self.prune(stats)
-        if run_gc and not stats.stopped and not self.stop.is_set():
-            if self.cfg.dry_run:
+        stats = stats if stats is not None else SweepStats(dry_run=self.cfg.dry_run)
+        try:
+            if run_prune:
+                self.prune(stats)
+            if self.stop.is_set():
+                stats.stopped = True
+            elif not run_gc:
+                pass
+            elif self.cfg.dry_run and run_prune:
                 log.info("dry run: garbage-collect not run")
             elif run_prune and not stats.removed_anything and not self.gc_pending_file.exists():
                 log.info("gc skipped: nothing was removed")
             else:
                 self.gc(stats)
-        stats.duration = time.monotonic() - start
+        finally:
+            stats.duration = time.monotonic() - start
         return stats
 
 

@@ -22,6 +22,16 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "KEEP_"))}
 
 
+def fake_registry(tmp_path: Path, script: str) -> list[str]:
+    """A registry config and a stand-in registry binary running `script` (sh)."""
+    config = tmp_path / "config.yml"
+    config.write_text("version: 0.1\n")
+    binary = tmp_path / "registry"
+    binary.write_text(f"#!/bin/sh\n{script}\n")
+    binary.chmod(0o755)
+    return ["--registry-config", str(config), "--registry-bin", str(binary)]
+
+
 def read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:
     assert proc.stderr is not None
     lines: list[str] = []
@@ -54,13 +64,10 @@ def test_failed_sweep_is_logged_and_the_next_one_runs_gc_again(tmp_path: Path) -
     s = Store(tmp_path / "data")
     for i in range(3):
         s.tag("r", f"t{i}", s.image(str(i)), OLD + i)
-    config = tmp_path / "config.yml"
-    config.write_text("version: 0.1\n")
-    args = ["--keep-last-n", "1", "--registry-config", str(config)]
+    fake = fake_registry(tmp_path, "")
+    fake[-1] = str(tmp_path / "missing")  # --registry-bin that does not exist
     with subprocess.Popen(
-        janitor(
-            s, "sweep", *args, "--registry-bin", str(tmp_path / "missing"), "--interval-secs", "1"
-        ),
+        janitor(s, "sweep", "--keep-last-n", "1", *fake, "--interval-secs", "1"),
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
@@ -77,79 +84,47 @@ def test_failed_sweep_is_logged_and_the_next_one_runs_gc_again(tmp_path: Path) -
     assert (s.root / ".registry-janitor.gc-pending").exists()
 
 
-def test_run_once_failure_exits_1(tmp_path: Path) -> None:
+def run(s: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        janitor(s, *args), capture_output=True, text=True, env=clean_env(), check=False
+    )
+
+
+def two_tags(tmp_path: Path) -> Store:
     s = Store(tmp_path / "data")
     s.tag("r", "a", s.image("a"), OLD)
     s.tag("r", "b", s.image("b"), OLD + 1)
-    config = tmp_path / "config.yml"
-    config.write_text("version: 0.1\n")
-    fake = tmp_path / "registry"
-    fake.write_text("#!/bin/sh\necho 'failed to garbage collect: boom' >&2\nexit 3\n")
-    fake.chmod(0o755)
-    result = subprocess.run(
-        janitor(
-            s,
-            "--run-once",
-            "--keep-last-n",
-            "1",
-            "--registry-config",
-            str(config),
-            "--registry-bin",
-            str(fake),
-        ),
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        check=False,
-    )
+    return s
+
+
+def test_run_once_failure_exits_1(tmp_path: Path) -> None:
+    s = two_tags(tmp_path)
+    fake = fake_registry(tmp_path, "echo 'failed to garbage collect: boom' >&2\nexit 3")
+    result = run(s, "--run-once", "--keep-last-n", "1", *fake)
     assert result.returncode == 1
     assert "garbage-collect exited 3: failed to garbage collect: boom" in result.stderr
 
 
 def test_gc_runs_with_the_shipped_arguments_and_clears_the_pending_mark(tmp_path: Path) -> None:
-    s = Store(tmp_path / "data")
-    s.tag("r", "a", s.image("a"), OLD)
-    s.tag("r", "b", s.image("b"), OLD + 1)
-    config = tmp_path / "config.yml"
-    config.write_text("version: 0.1\n")
+    s = two_tags(tmp_path)
     argv_log = tmp_path / "argv"
-    fake = tmp_path / "registry"
-    fake.write_text(f'#!/bin/sh\necho "$@" > {argv_log}\n')
-    fake.chmod(0o755)
-    result = subprocess.run(
-        janitor(
-            s,
-            "sweep",
-            "--run-once",
-            "--keep-last-n",
-            "1",
-            "--registry-config",
-            str(config),
-            "--registry-bin",
-            str(fake),
-        ),
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        check=False,
-    )
+    fake = fake_registry(tmp_path, f'echo "$@" > {argv_log}')
+    config = str(tmp_path / "config.yml")
+    result = run(s, "sweep", "--run-once", "--keep-last-n", "1", *fake)
     assert result.returncode == 0, result.stderr
-    assert argv_log.read_text().split() == ["garbage-collect", str(config)]
+    assert argv_log.read_text().split() == ["garbage-collect", config]
     assert not (s.root / ".registry-janitor.gc-pending").exists()
+    # `gc` alone always runs, and passes --dry-run through.
+    result = run(s, "gc", "--dry-run", *fake)
+    assert result.returncode == 0, result.stderr
+    assert argv_log.read_text().split() == ["garbage-collect", "--dry-run", config]
 
 
 def test_two_concurrent_sweeps_the_second_is_refused(tmp_path: Path) -> None:
-    s = Store(tmp_path / "data")
-    s.tag("r", "a", s.image("a"), OLD)
-    s.tag("r", "b", s.image("b"), OLD + 1)
+    s = two_tags(tmp_path)
     s.tag("r", "c", s.image("c"), OLD + 2)
-    config = tmp_path / "config.yml"
-    config.write_text("version: 0.1\n")
     started = tmp_path / "gc-started"
-    slow_gc = tmp_path / "registry"
-    slow_gc.write_text(f"#!/bin/sh\ntouch {started}\nsleep 3\n")
-    slow_gc.chmod(0o755)
-    args = ["--run-once", "--registry-config", str(config), "--registry-bin", str(slow_gc)]
+    args = ["--run-once", *fake_registry(tmp_path, f"touch {started}\nsleep 3")]
     with subprocess.Popen(
         janitor(s, "sweep", "--keep-last-n", "2", *args),
         stderr=subprocess.PIPE,
@@ -160,13 +135,7 @@ def test_two_concurrent_sweeps_the_second_is_refused(tmp_path: Path) -> None:
         while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert started.exists()  # the first sweep is in GC, holding the lock
-        second = subprocess.run(
-            janitor(s, "sweep", "--keep-last-n", "0", *args),
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            check=False,
-        )
+        second = run(s, "sweep", "--keep-last-n", "0", *args)
         assert first.wait(20) == 0
     assert second.returncode == 1
     lock = s.root / ".registry-janitor.lock"

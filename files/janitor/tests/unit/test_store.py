@@ -123,3 +123,18 @@ def test_unreadable_directory_marks_repository_incomplete(
     monkeypatch.setattr(store.os, "scandir", scandir)
     (repo,) = store.scan(s.repositories)
     assert not repo.complete
+
+
+def test_unreadable_store_root_fails_instead_of_looking_empty(
+    s: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_scandir = os.scandir
+
+    def scandir(path: Path) -> object:
+        if Path(path) == s.repositories:  # e.g. the Storage Box mount went away
+            raise OSError(112, "Host is down")
+        return real_scandir(path)
+
+    monkeypatch.setattr(store.os, "scandir", scandir)
+    with pytest.raises(OSError, match="Host is down"):
+        store.scan(s.repositories)
