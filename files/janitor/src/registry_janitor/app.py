@@ -34,8 +34,22 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _describe(command: str, cfg: Config) -> str:
+    rule = cfg.policy.default
+    parts = [
+        f"keep {rule.keep_last_n} per repository",
+        f"min age {rule.keep_min_age} s",
+        f"protect {rule.protect_tags.pattern!r}" if rule.protect_tags else "",
+        f"{len(cfg.policy.rules)} policy rules" if cfg.policy.rules else "",
+        "unlink unreachable manifests" if cfg.gc_delete_untagged else "keep untagged manifests",
+        "DRY RUN" if cfg.dry_run else "",
+    ]
+    return f"{command} started on {cfg.data_dir}: {', '.join(p for p in parts if p)}"
+
+
 def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
     stats = SweepStats(dry_run=cfg.dry_run)
+    out.emit("started", _describe(command, cfg), command=command, data_dir=str(cfg.data_dir))
     with ExitStack() as stack:
         if not cfg.dry_run:  # a dry run changes nothing: it neither needs nor creates the lock
             try:
