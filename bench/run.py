@@ -23,18 +23,20 @@ from pathlib import Path
 
 import check
 import contenders as C
+import profile_plan
 import report as R
 import slowfs
 from store import StoreSpec, cached_store, copy_store, remove_tree
 
 PARTS = ("plan", "strace", "sweep", "growth", "slowfs")
+OPTIONAL_PARTS = ("profile",)  # run only when named in --only
 SIZES: dict[str, dict[str, StoreSpec]] = {
     "full": {
         "a": StoreSpec("a", 1000, 100),
         "b": StoreSpec("b", 20, 1000),
         "c": StoreSpec("c", 20, 1000, "index"),
         "half": StoreSpec("b-half", 20, 500),
-        "slow": StoreSpec("slow", 100, 100),
+        "slow": StoreSpec("slow", 30, 50),
     },
     "smoke": {
         "a": StoreSpec("a", 40, 25),
@@ -201,6 +203,22 @@ class Bench:
         self.results["slowfs"] = res
         return res
 
+    def profile(self, key: str = "a") -> dict[str, float]:
+        root = self.store(key)
+        log(f"profile: plan phases on store {key}")
+        args = C.plan_cmd(root, self.lock(), self.keep)[1:]
+        ph = profile_plan.phases(args)
+        log(f"  phases (s): {ph}")
+        self.results[f"profile_phases_{key}"] = ph
+        if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists():
+            top = profile_plan.pyspy(
+                self.work / f"pyspy-plan-{key}.raw", C.plan_cmd(root, self.lock(), self.keep)
+            )
+            self.results[f"profile_pyspy_{key}"] = top
+            for k, v in top["inclusive"][:30]:
+                log(f"  {v:6.1%} {k}")
+        return ph
+
     # -- the whole run ---------------------------------------------------------------
     def run(self, parts: list[str]) -> list[R.Row]:
         rows = self.rows
@@ -345,6 +363,14 @@ class Bench:
                     f"{ls}: speed-up over concurrency 1", c1["wall_s"], dflt["wall_s"], at_least=5
                 )
             )
+        if "profile" in parts:
+            ph = self.profile("a")
+            rows.append(
+                R.Row(
+                    f"{la}: plan phases (in-process)",
+                    ", ".join(f"{k} {v:.1f} s" for k, v in ph.items()),
+                )
+            )
         return rows
 
 
@@ -376,14 +402,18 @@ def machine() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="full")
-    p.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma list of {', '.join(PARTS + OPTIONAL_PARTS)} (default: all but profile)",
+    )
     p.add_argument("--keep-last-n", type=int, default=10)
     p.add_argument("--repeat", type=int, default=3, help="runs of read-only contenders (best)")
     p.add_argument("--latency-ms", type=float, default=2.0)
     p.add_argument("--cache", default="/var/tmp/registry-cache-bench")
     args = p.parse_args(argv)
     parts = [x.strip() for x in args.only.split(",") if x.strip()]
-    unknown = set(parts) - set(PARTS)
+    unknown = set(parts) - set(PARTS + OPTIONAL_PARTS)
     if unknown:
         p.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     for tool in (C.TIME_BIN, C.REGISTRY_BIN, shutil.which("strace") or "/usr/bin/strace"):
