@@ -75,8 +75,10 @@ def main() -> int:
     new = head + table() + tail
     if args.check:
         if new != text:
-            print("README.md: configuration table is stale: run scripts/variables-table.py",
-                  file=sys.stderr)
+            print(
+                "README.md: configuration table is stale: run scripts/variables-table.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     readme.write_text(new)
