@@ -69,7 +69,11 @@ def run(
     stream: TextIO,
 ) -> None:
     repos = store.scan(repositories_dir, pool)
-    rows = usage(repos, manifests.ManifestReader(blobs_dir, pool))
+    reader = manifests.ManifestReader(blobs_dir, pool)
+    try:
+        rows = usage(repos, reader)
+    finally:
+        reader.close()
     rows.sort(key=lambda u: (-u.unique_bytes, u.repository))
     if out.as_json:
         for u in rows:

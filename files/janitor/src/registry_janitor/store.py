@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _LINK_MAX = 256  # a link holds "sha256:<64 hex>"; anything longer is not a link
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDONLY | _NOFOLLOW
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,18 +74,33 @@ def pmap(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> Ite
     return pool.map(fn, items) if pool is not None else map(fn, items)
 
 
+def _entries(path: Path, *, follow: bool = False) -> list[tuple[str, bool]]:
+    """(name, is a directory and not a symlink) for each entry of `path`.
+
+    Lists an open directory descriptor: when the filesystem reports no entry types, is_dir()
+    falls back to fstatat(fd, name), one lookup, instead of a stat of the full path, a lookup
+    per path component on a network filesystem. O_NOFOLLOW: a symlink is never listed as if
+    it were the registry's directory (`follow` only for the store root the user configured).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else _NOFOLLOW))
+    try:
+        with os.scandir(fd) as it:
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    finally:
+        os.close(fd)
+
+
 def _list_dir(d: _Dir) -> _Dir:
     try:
-        with os.scandir(d.path) as it:
-            for entry in it:
-                # is_dir(follow_symlinks=False): a symlinked directory is not descended into,
-                # so links (and link loops) cannot take the walk outside the store.
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                if entry.name.startswith("_"):
-                    d.registry_dirs.add(entry.name)
-                else:
-                    d.children.append(entry.name)
+        # Only real directories count: a symlinked directory is not descended into, so links
+        # (and link loops) cannot take the walk outside the store.
+        for name, is_dir in _entries(d.path, follow=not d.name):
+            if not is_dir:
+                continue
+            if name.startswith("_"):
+                d.registry_dirs.add(name)
+            else:
+                d.children.append(name)
     except FileNotFoundError:
         pass  # removed while we walked (e.g. by a concurrent janitor or GC)
     except OSError as exc:
@@ -93,23 +109,19 @@ def _list_dir(d: _Dir) -> _Dir:
 
 
 def _list_names(path: Path, *, dirs_only: bool = True) -> tuple[list[str], str | None]:
-    names: list[str] = []
     try:
-        with os.scandir(path) as it:
-            for entry in it:
-                if not dirs_only or entry.is_dir(follow_symlinks=False):
-                    names.append(entry.name)
+        entries = _entries(path)
     except FileNotFoundError:
-        pass
+        return [], None
     except OSError as exc:
-        return names, f"cannot list {path}: {exc.strerror or exc}"
-    return sorted(names), None
+        return [], f"cannot list {path}: {exc.strerror or exc}"
+    return sorted(name for name, is_dir in entries if is_dir or not dirs_only), None
 
 
-def read_link(path: Path) -> tuple[str | None, float | None]:
+def read_link(path: Path | str, dir_fd: int | None = None) -> tuple[str | None, float | None]:
     """One open: (digest or None, mtime). (None, None) when the link does not exist."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
@@ -151,12 +163,15 @@ def discover(repositories_dir: Path, pool: Executor | None = None) -> list[_Dir]
     return found
 
 
-def _tag_record(args: tuple[str, Path, str]) -> tuple[Tag | None, str | None]:
-    repo, tags_dir, name = args
+def _tag_record(args: tuple[str, str, int]) -> tuple[Tag | None, str | None]:
+    # Paths are relative to an open repositories directory: on a network filesystem every
+    # path component can cost a lookup, and this skips the `docker/registry/v2/...` prefix.
+    repo, name, root_fd = args
+    tag_dir = f"{repo}/_manifests/tags/{name}"
     try:
-        digest, mtime = read_link(tags_dir / name / "current" / "link")
+        digest, mtime = read_link(f"{tag_dir}/current/link", dir_fd=root_fd)
         if mtime is None:  # no link: age of the tag directory decides if it is a leftover
-            mtime = os.lstat(tags_dir / name).st_mtime
+            mtime = os.lstat(tag_dir, dir_fd=root_fd).st_mtime
     except FileNotFoundError:
         return None, None  # the tag vanished while we looked
     except OSError as exc:
@@ -164,7 +179,8 @@ def _tag_record(args: tuple[str, Path, str]) -> tuple[Tag | None, str | None]:
     return Tag(repo, name, digest, mtime), None
 
 
-def _read_repository(d: _Dir) -> tuple[Repository, list[tuple[str, Path, str]]]:
+def _read_repository(d: _Dir) -> tuple[Repository, list[str]]:
+    """The repository record without its tags, and the names of its tags."""
     errors = [d.error] if d.error else []
     manifests = d.path / "_manifests"
     tag_names, err = _list_names(manifests / "tags")
@@ -183,20 +199,25 @@ def _read_repository(d: _Dir) -> tuple[Repository, list[tuple[str, Path, str]]]:
         has_nested=bool(d.children),
         errors=tuple(errors),
     )
-    return repo, [(d.name, manifests / "tags", t) for t in tag_names]
+    return repo, tag_names
 
 
 def scan(repositories_dir: Path, pool: Executor | None = None) -> list[Repository]:
     """All repositories with their tags and revisions, sorted by name."""
     read = list(pmap(pool, _read_repository, discover(repositories_dir, pool)))
-    jobs = [job for _, repo_jobs in read for job in repo_jobs]
     tags: dict[str, list[Tag]] = {}
     errors: dict[str, list[str]] = {}
-    for job, (tag, err) in zip(jobs, pmap(pool, _tag_record, jobs), strict=True):
-        if tag is not None:
-            tags.setdefault(job[0], []).append(tag)
-        if err is not None:
-            errors.setdefault(job[0], []).append(err)
+    if read:
+        root_fd = os.open(repositories_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            jobs = [(r.name, t, root_fd) for r, names in read for t in names]
+            for job, (tag, err) in zip(jobs, pmap(pool, _tag_record, jobs), strict=True):
+                if tag is not None:
+                    tags.setdefault(job[0], []).append(tag)
+                if err is not None:
+                    errors.setdefault(job[0], []).append(err)
+        finally:
+            os.close(root_fd)
     out = []
     for repo, _ in read:
         extra = tuple(errors.get(repo.name, ()))

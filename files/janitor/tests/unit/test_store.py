@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,14 +114,14 @@ def test_unreadable_directory_marks_repository_incomplete(
 ) -> None:
     s.tag("r", "t", s.image("x"), NOW)
     revs = s.repo("r") / "_manifests" / "revisions" / "sha256"
-    real_scandir = os.scandir
+    real_entries = store._entries
 
-    def scandir(path: Path) -> object:
+    def entries(path: Path, *, follow: bool = False) -> list[tuple[str, bool]]:
         if Path(path) == revs:  # what a flaky network mount does now and then
             raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
+        return real_entries(path, follow=follow)
 
-    monkeypatch.setattr(store.os, "scandir", scandir)
+    monkeypatch.setattr(store, "_entries", entries)
     (repo,) = store.scan(s.repositories)
     assert not repo.complete
 
@@ -128,13 +129,24 @@ def test_unreadable_directory_marks_repository_incomplete(
 def test_unreadable_store_root_fails_instead_of_looking_empty(
     s: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_scandir = os.scandir
+    real_entries = store._entries
 
-    def scandir(path: Path) -> object:
+    def entries(path: Path, *, follow: bool = False) -> list[tuple[str, bool]]:
         if Path(path) == s.repositories:  # e.g. the Storage Box mount went away
             raise OSError(112, "Host is down")
-        return real_scandir(path)
+        return real_entries(path, follow=follow)
 
-    monkeypatch.setattr(store.os, "scandir", scandir)
+    monkeypatch.setattr(store, "_entries", entries)
     with pytest.raises(OSError, match="Host is down"):
         store.scan(s.repositories)
+
+
+def test_symlinked_registry_directory_is_not_listed(s: Store, tmp_path: Path) -> None:
+    s.tag("r", "t", s.image("x"), NOW)
+    elsewhere = Store(tmp_path / "elsewhere")
+    elsewhere.tag("victim", "t", s.image("y"), NOW)
+    tags_dir = s.repo("r") / "_manifests" / "tags"
+    shutil.rmtree(tags_dir)
+    os.symlink(elsewhere.repositories / "victim" / "_manifests" / "tags", tags_dir)
+    (repo,) = store.scan(s.repositories)
+    assert repo.tags == () and not repo.complete  # refused, so nothing here is deleted
