@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -18,11 +19,26 @@ from pathlib import Path
 from registry_janitor.store import Repository
 
 
-def _unlink_quiet(path: Path) -> None:
+def _unlink_in(directory: Path, name: str) -> None:
+    """Unlink `directory/name` unless `directory` is a symlink (then rmtree drops the link).
+
+    Opening the directory with O_NOFOLLOW first means a planted symlink can never make the
+    janitor delete a file outside the store.
+    """
     try:
-        os.unlink(path)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return
+        raise
+    try:
+        os.unlink(name, dir_fd=fd)
     except FileNotFoundError:
         pass
+    finally:
+        os.close(fd)
 
 
 def _rmtree_quiet(path: Path) -> None:
@@ -43,7 +59,7 @@ def revision_dir(repo: Repository, digest: str) -> Path:
 
 def delete_tag(repo: Repository, tag: str) -> None:
     path = tag_dir(repo, tag)
-    _unlink_quiet(path / "current" / "link")
+    _unlink_in(path / "current", "link")
     _rmtree_quiet(path)
 
 
@@ -53,7 +69,7 @@ def remove_leftover_tag(repo: Repository, tag: str) -> None:
 
 def unlink_revision(repo: Repository, digest: str) -> None:
     path = revision_dir(repo, digest)
-    _unlink_quiet(path / "link")
+    _unlink_in(path, "link")
     _rmtree_quiet(path)
 
 

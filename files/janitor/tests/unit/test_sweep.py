@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -232,3 +233,19 @@ def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
     assert len(left) == 20 - len(done) and 1 <= len(done) <= 4  # at most one per worker
     for name in left:  # every remaining tag is whole
         assert (s.repositories / "r" / "_manifests" / "tags" / name / "current" / "link").is_file()
+
+
+def test_deleting_a_tag_never_follows_a_planted_symlink(s: Store, tmp_path: Path) -> None:
+    from registry_janitor import executor, store
+
+    victim = tmp_path / "outside"
+    victim.mkdir()
+    (victim / "link").write_text("precious")
+    s.tag("r", "t", s.image("x"), OLD)
+    current = s.repositories / "r" / "_manifests" / "tags" / "t" / "current"
+    shutil.rmtree(current)
+    os.symlink(victim, current)
+    (repo,) = store.scan(s.repositories)
+    executor.delete_tag(repo, "t")
+    assert (victim / "link").read_text() == "precious"
+    assert tags(s, "r") == set()
