@@ -223,3 +223,32 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def calibrate(source: Path, mount: Path, concurrency: int) -> tuple[float, int]:
+    """A client with no overhead of its own: ``stat`` of every tag's ``current/link`` below
+    ``mount``, relative to its repository's tags directory, from ``concurrency`` threads.
+    Returns (seconds, tags). With the operation counts of the mount this tells how close the
+    layer itself gets to its model bound (``ops x latency / concurrency``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from store import iter_repositories
+
+    jobs: list[tuple[Path, list[str]]] = []
+    for _name, repo in iter_repositories(source):
+        tags = repo / "_manifests" / "tags"
+        jobs.append((mount / tags.relative_to(source), sorted(os.listdir(tags))))
+
+    def one(job: tuple[Path, list[str]]) -> int:
+        fd = os.open(job[0], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for t in job[1]:
+                os.stat(f"{t}/current/link", dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
+        return len(job[1])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        tags = sum(pool.map(one, jobs))
+    return time.perf_counter() - start, tags
