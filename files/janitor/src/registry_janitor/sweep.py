@@ -178,6 +178,7 @@ class Janitor:
         self.pool = pool
         self.stop = stop or threading.Event()
         self.reader = manifests.ManifestReader(cfg.blobs_dir, pool)
+        self._stats_lock = threading.Lock()
 
     @property
     def gc_pending_file(self) -> Path:
@@ -279,33 +280,32 @@ class Janitor:
             # Written before the first deletion: if GC then fails, is skipped or the process
             # dies, the next sweep still runs GC although it finds nothing new to remove.
             self.gc_pending_file.touch()
-        for phase in phases:
-            if self.stop.is_set():
-                stats.stopped = True
-                break
-            if phase is phases[3]:
-                results = [self._run(op, stats) for op in phase]
-            else:
-                results = list(self.pool.map(lambda op: self._run(op, stats), phase))
-            if not all(results):
-                stats.stopped = stats.stopped or self.stop.is_set()
+        tags, revisions, leftovers, repositories = phases
+        # Tags before revisions: a stop in between leaves revisions for the next sweep, never
+        # a tag pointing at an unlinked manifest. Repositories one at a time, deepest first.
+        for phase in (tags, revisions, leftovers):
+            list(self.pool.map(lambda op: self._run(op, stats), phase))
+        for op in repositories:
+            self._run(op, stats)
+        stats.stopped = self.stop.is_set()
 
-    def _run(self, op: _Op, stats: SweepStats) -> bool:
+    def _run(self, op: _Op, stats: SweepStats) -> None:
         # Checked before each operation, never inside one: a signal stops the sweep between
         # two tags, not halfway through a tag.
         if self.stop.is_set():
-            return False
+            return
         if not self.cfg.dry_run:
             try:
                 op.fn()
             except OSError as exc:
-                stats.errors += 1
                 fields = {**op.fields, "error": str(exc)}
                 self.out.record("error", f"failed: {op.text}: {exc}", fields, logging.ERROR)
-                return True
-        setattr(stats, op.counter, getattr(stats, op.counter) + 1)
+                with self._stats_lock:
+                    stats.errors += 1
+                return
+        with self._stats_lock:  # ops run on several threads
+            setattr(stats, op.counter, getattr(stats, op.counter) + 1)
         self.out.record(op.event, op.text, {**op.fields, "dry_run": self.cfg.dry_run})
-        return True
 
     # -- gc ----------------------------------------------------------------------------
     def gc(self, stats: SweepStats) -> None:

@@ -249,3 +249,23 @@ def test_deleting_a_tag_never_follows_a_planted_symlink(s: Store, tmp_path: Path
     executor.delete_tag(repo, "t")
     assert (victim / "link").read_text() == "precious"
     assert tags(s, "r") == set()
+
+
+def test_a_failed_deletion_fails_the_sweep_and_the_rest_goes_on(
+    s: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry_janitor import executor
+
+    for i in range(4):
+        s.tag("r", f"t{i}", s.image(str(i)), OLD + i)
+    real = executor.delete_tag
+
+    def flaky(repo: object, tag: str) -> None:
+        if tag == "t1":
+            raise OSError(5, "Input/output error")
+        real(repo, tag)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(executor, "delete_tag", flaky)
+    stats = prune(s, keep_last_n=1)
+    assert stats.errors == 1 and not stats.ok
+    assert tags(s, "r") == {"t3", "t1"} and stats.tags_deleted == 2
