@@ -47,8 +47,30 @@ def _describe(command: str, cfg: Config) -> str:
     return f"{command} started on {cfg.data_dir}: {', '.join(p for p in parts if p)}"
 
 
+def _store_missing(cfg: Config, out: Output) -> bool:
+    """True (and says why) when there is no registry store under the data directory.
+
+    Checked before anything is written, the lock file included: with the Storage Box not
+    mounted, the data directory is an empty directory on the root disk, and an empty store
+    must not look like a successful sweep.
+    """
+    store_dir = cfg.repositories_dir.parent
+    if store_dir.is_dir():
+        return False
+    out.emit(
+        "no_store",
+        f"no registry store at {store_dir}: is the storage mounted? (A registry that was never"
+        " pushed to has none yet.) Nothing done.",
+        level=logging.ERROR,
+        store=str(store_dir),
+    )
+    return True
+
+
 def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
     stats = SweepStats(dry_run=cfg.dry_run)
+    if _store_missing(cfg, out):
+        return EXIT_FAILED
     out.emit("started", _describe(command, cfg), command=command, data_dir=str(cfg.data_dir))
     with ExitStack() as stack:
         if not cfg.dry_run:  # a dry run changes nothing: it neither needs nor creates the lock
@@ -83,6 +105,8 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="io") as pool:
         if command == "report":  # read-only: Ctrl-C may interrupt it anywhere
+            if _store_missing(cfg, out):
+                return EXIT_FAILED
             report.run(cfg.repositories_dir, cfg.blobs_dir, pool, out, sys.stdout)
             return EXIT_OK
         _install_signal_handlers(stop)

@@ -142,3 +142,28 @@ def test_two_concurrent_sweeps_the_second_is_refused(tmp_path: Path) -> None:
     assert f"ERROR: another sweep holds the lock {lock}" in second.stderr
     remaining = {p.name for p in (s.repositories / "r" / "_manifests" / "tags").iterdir()}
     assert remaining == {"b", "c"}  # the second sweep (keep 0) deleted nothing
+
+
+def test_missing_store_refuses_and_writes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "unmounted"
+    data.mkdir()
+    for command in ("sweep", "prune", "gc", "report"):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "registry_janitor",
+                command,
+                "--run-once",
+                "--data-dir",
+                str(data),
+                *fake_registry(tmp_path, "exit 0"),
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            check=False,
+        )
+        assert result.returncode == 1, command
+        assert "is the storage mounted?" in result.stderr
+    assert list(data.iterdir()) == []  # not even the lock file

@@ -269,3 +269,18 @@ def test_a_failed_deletion_fails_the_sweep_and_the_rest_goes_on(
     stats = prune(s, keep_last_n=1)
     assert stats.errors == 1 and not stats.ok
     assert tags(s, "r") == {"t3", "t1"} and stats.tags_deleted == 2
+
+
+def test_unusual_but_valid_names(s: Store) -> None:
+    long_tag = "t" + "x" * 127  # the registry's maximum, 128 characters
+    deep = "/".join(f"level{i}" for i in range(10)) + "/my_app.v2-x"
+    img, old = s.image("x"), s.image("old")
+    for repo in (deep, "a__b/c.d-e"):
+        s.tag(repo, long_tag, img, OLD + 10)
+        s.tag(repo, "_starts.with-underscore", img, OLD + 5)  # a valid tag, not a registry dir
+        s.tag(repo, "1.0.0", old, OLD)
+    stats = prune(s, keep_last_n=2)
+    assert stats.repositories == 2 and stats.tags_deleted == 2
+    for repo in (deep, "a__b/c.d-e"):
+        assert tags(s, repo) == {long_tag, "_starts.with-underscore"}
+        assert revisions(s, repo) == {img}
