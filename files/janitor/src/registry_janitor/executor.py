@@ -1,10 +1,11 @@
 """Applies deletions to the store, each one crash-safe from the registry's point of view.
 
-- Tag: `current/link` is unlinked first, so the tag stops resolving in one step; the rest of
-  the tag directory goes after. A crash in between leaves a tag directory without a link,
-  which the registry cannot serve and the next sweep removes as a leftover.
-- Revision: its `link` file first (the registry then reports the manifest unknown in this
-  repository), then the directory.
+- Tag and revision: the directory is first renamed into the janitor's trash directory (in the
+  data directory, outside `docker/`), one atomic step after which the registry sees neither
+  the tag in `tags/list` nor the manifest; then the trash copy is deleted. A crash in between
+  leaves only trash, which the next sweep empties. Where a rename is impossible, the `link`
+  file goes first (the tag or manifest stops resolving in one step), then the directory; a
+  tag directory left without a link is removed later as a leftover.
 - Repository: only the registry's own `_manifests`/`_layers` and an empty `_uploads`, then the
   directory and its parents while they are empty, so a nested repository below survives.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from registry_janitor.store import Repository
@@ -57,20 +59,57 @@ def revision_dir(repo: Repository, digest: str) -> Path:
     return repo.path / "_manifests" / "revisions" / "sha256" / digest.removeprefix("sha256:")
 
 
-def delete_tag(repo: Repository, tag: str) -> None:
+def _to_trash(path: Path, trash: Path | None) -> bool:
+    """Atomically move `path` out of the registry's view. False if it cannot be renamed."""
+    if trash is None:
+        return False
+    target = trash / uuid.uuid4().hex
+    try:
+        os.rename(path, target)  # does not follow a symlink at `path`: it moves the link
+    except FileNotFoundError:
+        return True  # already gone
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENOENT):
+            return False
+        raise
+    _remove(target)
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    else:
+        _rmtree_quiet(path)
+
+
+def empty_trash(trash: Path) -> int:
+    """Delete what an interrupted sweep left in the trash; returns the number of entries."""
+    try:
+        entries = list(trash.iterdir())
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        _remove(entry)
+    return len(entries)
+
+
+def delete_tag(repo: Repository, tag: str, trash: Path | None = None) -> None:
     path = tag_dir(repo, tag)
-    _unlink_in(path / "current", "link")
-    _rmtree_quiet(path)
+    if not _to_trash(path, trash):
+        _unlink_in(path / "current", "link")
+        _rmtree_quiet(path)
 
 
 def remove_leftover_tag(repo: Repository, tag: str) -> None:
     _rmtree_quiet(tag_dir(repo, tag))
 
 
-def unlink_revision(repo: Repository, digest: str) -> None:
+def unlink_revision(repo: Repository, digest: str, trash: Path | None = None) -> None:
     path = revision_dir(repo, digest)
-    _unlink_in(path, "link")
-    _rmtree_quiet(path)
+    if not _to_trash(path, trash):
+        _unlink_in(path, "link")
+        _rmtree_quiet(path)
 
 
 def remove_repository(repo: Repository, repositories_dir: Path) -> bool:

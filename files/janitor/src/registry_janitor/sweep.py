@@ -29,6 +29,8 @@ EMPTY_REPOSITORY_AGE = retention.LEFTOVER_TAG_AGE
 
 # In the data directory: pruning removed something that GC has not collected yet.
 GC_PENDING_FILE = ".registry-janitor.gc-pending"
+# In the data directory, outside the registry's `docker/`: deletions pass through it.
+TRASH_DIR = ".registry-janitor-trash"
 
 
 @dataclass
@@ -184,9 +186,17 @@ class Janitor:
     def gc_pending_file(self) -> Path:
         return self.cfg.data_dir / GC_PENDING_FILE
 
+    @property
+    def trash_dir(self) -> Path:
+        return self.cfg.data_dir / TRASH_DIR
+
     # -- prune -------------------------------------------------------------------------
     def prune(self, stats: SweepStats) -> None:
         cfg = self.cfg
+        if not cfg.dry_run:
+            left = executor.empty_trash(self.trash_dir)
+            if left:
+                log.info("emptied %d entries an interrupted sweep left in %s", left, self.trash_dir)
         now = time.time()
         t0 = time.monotonic()
         repos = store.scan(cfg.repositories_dir, self.pool)
@@ -238,7 +248,7 @@ class Janitor:
                             "reason": d.reason,
                             "pushed": iso(t.mtime),
                         },
-                        partial(executor.delete_tag, repo, t.name),
+                        partial(executor.delete_tag, repo, t.name, self.trash_dir),
                         "tags_deleted",
                     )
                 )
@@ -249,7 +259,7 @@ class Janitor:
                         f"{'would unlink' if self.cfg.dry_run else 'unlinked'} manifest"
                         f" {repo.name}@{digest} (no remaining tag reaches it)",
                         {"repository": repo.name, "digest": digest},
-                        partial(executor.unlink_revision, repo, digest),
+                        partial(executor.unlink_revision, repo, digest, self.trash_dir),
                         "manifests_unlinked",
                     )
                 )
@@ -280,6 +290,7 @@ class Janitor:
             # Written before the first deletion: if GC then fails, is skipped or the process
             # dies, the next sweep still runs GC although it finds nothing new to remove.
             self.gc_pending_file.touch()
+            self.trash_dir.mkdir(exist_ok=True)
         tags, revisions, leftovers, repositories = phases
         # Tags before revisions: a stop in between leaves revisions for the next sweep, never
         # a tag pointing at an unlinked manifest. Repositories one at a time, deepest first.

@@ -221,8 +221,8 @@ def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
     real = executor.delete_tag
     done: list[str] = []
 
-    def delete_then_signal(repo: object, tag: str) -> None:
-        real(repo, tag)  # type: ignore[arg-type]
+    def delete_then_signal(repo: object, tag: str, trash: Path | None) -> None:
+        real(repo, tag, trash)  # type: ignore[arg-type]
         done.append(tag)
         stop.set()  # as the SIGTERM handler does
 
@@ -235,7 +235,10 @@ def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
         assert (s.repositories / "r" / "_manifests" / "tags" / name / "current" / "link").is_file()
 
 
-def test_deleting_a_tag_never_follows_a_planted_symlink(s: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_trash", [True, False], ids=["trash", "no-trash"])
+def test_deleting_a_tag_never_follows_a_planted_symlink(
+    s: Store, tmp_path: Path, use_trash: bool
+) -> None:
     from registry_janitor import executor, store
 
     victim = tmp_path / "outside"
@@ -246,7 +249,9 @@ def test_deleting_a_tag_never_follows_a_planted_symlink(s: Store, tmp_path: Path
     shutil.rmtree(current)
     os.symlink(victim, current)
     (repo,) = store.scan(s.repositories)
-    executor.delete_tag(repo, "t")
+    trash = s.root / "trash"
+    trash.mkdir()
+    executor.delete_tag(repo, "t", trash if use_trash else None)
     assert (victim / "link").read_text() == "precious"
     assert tags(s, "r") == set()
 
@@ -260,10 +265,10 @@ def test_a_failed_deletion_fails_the_sweep_and_the_rest_goes_on(
         s.tag("r", f"t{i}", s.image(str(i)), OLD + i)
     real = executor.delete_tag
 
-    def flaky(repo: object, tag: str) -> None:
+    def flaky(repo: object, tag: str, trash: Path | None) -> None:
         if tag == "t1":
             raise OSError(5, "Input/output error")
-        real(repo, tag)  # type: ignore[arg-type]
+        real(repo, tag, trash)  # type: ignore[arg-type]
 
     monkeypatch.setattr(executor, "delete_tag", flaky)
     stats = prune(s, keep_last_n=1)
@@ -284,3 +289,30 @@ def test_unusual_but_valid_names(s: Store) -> None:
     for repo in (deep, "a__b/c.d-e"):
         assert tags(s, repo) == {long_tag, "_starts.with-underscore"}
         assert revisions(s, repo) == {img}
+
+
+def test_deletions_pass_through_the_trash_and_a_crash_leaves_only_trash(s: Store) -> None:
+    from registry_janitor import executor, store
+
+    s.tag("r", "t", s.image("x"), OLD)
+    s.tag("r", "keep", s.image("y"), OLD + 10)
+    trash = s.root / ".registry-janitor-trash"
+    trash.mkdir()
+    (repo,) = store.scan(s.repositories)
+    seen: list[set[str]] = []
+    real_rmtree = executor.shutil.rmtree
+
+    def rmtree(path: str) -> None:  # at this moment the registry must no longer see the tag
+        seen.append(tags(s, "r"))
+        real_rmtree(path)
+
+    executor.shutil.rmtree = rmtree  # type: ignore[assignment]
+    try:
+        executor.delete_tag(repo, "t", trash)
+    finally:
+        executor.shutil.rmtree = real_rmtree
+    assert seen == [{"keep"}] and list(trash.iterdir()) == []
+    # What a crash between rename and delete leaves: trash the next sweep empties.
+    (trash / "0123abcd" / "current").mkdir(parents=True)
+    prune(s)
+    assert list(trash.iterdir()) == []
