@@ -70,4 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     from registry_janitor import app  # imported late: config errors need none of it
 
-    return app.run(command, cfg, as_json=as_json, verbose=verbose)
+    try:
+        return app.run(command, cfg, as_json=as_json, verbose=verbose)
+    except KeyboardInterrupt:  # only `report` lets Ctrl-C through; sweeps stop cleanly
+        return 130

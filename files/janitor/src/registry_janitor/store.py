@@ -14,7 +14,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -223,15 +223,5 @@ def scan(repositories_dir: Path, pool: Executor | None = None) -> list[Repositor
         extra = tuple(errors.get(repo.name, ()))
         for e in repo.errors + extra:
             log.warning("%s: %s; leaving this repository untouched", repo.name, e)
-        out.append(
-            Repository(
-                name=repo.name,
-                path=repo.path,
-                tags=tuple(tags.get(repo.name, ())),
-                revisions=repo.revisions,
-                uploads=repo.uploads,
-                has_nested=repo.has_nested,
-                errors=repo.errors + extra,
-            )
-        )
+        out.append(replace(repo, tags=tuple(tags.get(repo.name, ())), errors=repo.errors + extra))
     return sorted(out, key=lambda r: r.name)
