@@ -1,0 +1,89 @@
+"""GC output parsing, the blob-descriptor check, metrics rendering and the usage report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from registry_janitor import gc, manifests, metrics, report, store
+from registry_janitor.sweep import SweepStats
+from synthetic import Store
+
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def test_gc_collects_the_digests_it_deleted(tmp_path: Path) -> None:
+    fake = tmp_path / "registry"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "repo: marking manifest sha256:abc"\n'
+        'echo "2 blobs marked, 2 blobs and 0 manifests eligible for deletion"\n'
+        f'echo "blob eligible for deletion: {D1}"\n'
+        f'echo "blob eligible for deletion: {D2}" >&2\n'
+    )
+    fake.chmod(0o755)
+    result = gc.run(str(fake), tmp_path / "config.yml")
+    assert result.ok and result.deleted == (D1, D2)
+
+
+def test_gc_missing_binary_and_failure(tmp_path: Path) -> None:
+    missing = gc.run(str(tmp_path / "nope"), tmp_path / "config.yml")
+    assert not missing.ok and "registry binary not found" in missing.message
+    fake = tmp_path / "registry"
+    fake.write_text("#!/bin/sh\necho 'configuration error' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    failed = gc.run(str(fake), tmp_path / "config.yml")
+    assert not failed.ok and failed.message == "garbage-collect exited 1: configuration error"
+
+
+@pytest.mark.parametrize(
+    ("text", "enabled"),
+    [
+        ("storage:\n  cache:\n    blobdescriptor: inmemory\n", True),
+        ("storage:\n  cache:\n    blobdescriptor: redis  # shared\n", True),
+        ('storage:\n  cache:\n    blobdescriptor: "inmemory"\n', True),
+        ("storage:\n  # cache:\n  #   blobdescriptor: inmemory\n", False),
+        ('storage:\n  cache:\n    blobdescriptor: ""\n', False),
+        ("storage:\n  cache:\n    blobdescriptor: null\n", False),
+        ("storage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n", False),
+    ],
+)
+def test_blobdescriptor_check(text: str, enabled: bool) -> None:
+    assert gc.config_enables_blobdescriptor(text) is enabled
+
+
+def test_metrics_counters_carry_over_and_gauges_do_not(tmp_path: Path) -> None:
+    path = tmp_path / "janitor.prom"
+    first = SweepStats(repositories=3, tags_seen=30, tags_deleted=5, bytes_reclaimed=1000)
+    metrics.write(path, first, now=1000.0)
+    failed = SweepStats(repositories=3, tags_seen=25, tags_deleted=2, errors=1)
+    metrics.write(path, failed, now=2000.0)
+    values = metrics.read_previous(path)
+    assert values["registry_janitor_tags_deleted_total"] == 7
+    assert values["registry_janitor_bytes_reclaimed_total"] == 1000
+    assert values["registry_janitor_tags"] == 25
+    assert values["registry_janitor_last_run_timestamp_seconds"] == 2000
+    assert values["registry_janitor_last_success_timestamp_seconds"] == 1000
+    assert values["registry_janitor_last_run_success"] == 0
+    assert values['registry_janitor_sweeps_total{result="success"}'] == 1
+    assert values['registry_janitor_sweeps_total{result="failure"}'] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["janitor.prom"]
+
+
+def test_usage_splits_unique_and_shared_bytes(tmp_path: Path) -> None:
+    s = Store(tmp_path / "data")
+    now = time.time()
+    shared_image = s.image("same")  # in both repositories: everything of it is shared
+    s.tag("one", "a", shared_image, now - 100)
+    s.tag("two", "a", shared_image, now - 50)
+    s.tag("one", "b", s.image("only-one"), now)
+    repos = store.scan(s.repositories)
+    rows = {u.repository: u for u in report.usage(repos, manifests.ManifestReader(s.blobs))}
+    one, two = rows["one"], rows["two"]
+    assert (one.tags, one.manifests) == (2, 2)
+    assert one.newest_push == now and one.oldest_push == now - 100
+    # The synthetic descriptors say 10 bytes per config and 4 per layer; the shared base
+    # layer of "only-one" is shared too.
+    assert two.unique_bytes == 0 and two.shared_bytes > 0
+    assert one.unique_bytes > 0 and one.shared_bytes == two.shared_bytes
