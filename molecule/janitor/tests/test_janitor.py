@@ -1,0 +1,586 @@
+"""The janitor against the containerised registry, driven from outside as operators do.
+
+Issue 4, items 1-7. Real clients inside the converged host (the docker CLI and skopeo) push
+and pull through the published port 5000; sweeps run through registry-janitor.service,
+playbooks/sweep.yml and an ad-hoc `ansible` command; the store is read on the host's data
+directory (the Storage Box path). The tests share one registry and run in file order; each
+one pushes to its own repositories, so a later sweep never changes an earlier test's verdict.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("registry_cache")
+
+REG = "127.0.0.1:5000"
+DATA = "/var/lib/registry-cache/data"
+V2 = f"{DATA}/docker/registry/v2"
+METRICS = "/var/lib/registry-cache/metrics/registry_janitor.prom"
+WORK = "/var/tmp/molecule-janitor"
+OCIGEN = "/usr/local/lib/molecule-janitor/ocigen.py"
+SKOPEO = "skopeo --insecure-policy"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_ACCEPT = (
+    "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json,"
+    f"application/vnd.docker.distribution.manifest.list.v2+json,{DOCKER_MANIFEST}"
+)
+UNIQUE_SIZE = 256 * 1024
+SWEEP_SUMMARY = re.compile(r"sweep done: \d+ repositories, \d+ tags kept, \d+ deleted")
+
+# What the tests saw the janitor do, for the metrics check at the end.
+SEEN: dict[str, int] = {"sweeps": 0, "service_sweeps": 0, "tags_deleted": 0, "bytes_reclaimed": 0}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def sh(host, script: str) -> str:
+    result = host.run(script)
+    assert result.rc == 0, f"{script}\n--- rc {result.rc}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def blob_path(digest: str) -> str:
+    hexpart = digest.removeprefix("sha256:")
+    return f"{V2}/blobs/sha256/{hexpart[:2]}/{hexpart}"
+
+
+def blobs_present(host, digests) -> set[str]:
+    """The subset of digests whose data file exists in the store (one command)."""
+    digests = sorted(set(digests))
+    if not digests:
+        return set()
+    paths = " ".join(shlex.quote(blob_path(d) + "/data") for d in digests)
+    out = host.run(f"ls -1 {paths} 2>/dev/null").stdout.split()
+    return {d for d in digests if blob_path(d) + "/data" in out}
+
+
+def blobs_bytes(host) -> int:
+    return int(sh(host, f"du -sb {V2}/blobs").split()[0])
+
+
+def http(host, path: str, *, method: str = "GET", accept: str = OCI_ACCEPT) -> tuple[int, bytes]:
+    """Status and body of a request to the registry, made inside the host."""
+    out = sh(
+        host,
+        f"curl -sS -X {method} {'-I' if method == 'HEAD' else ''} -H 'Accept: {accept}' "
+        f"-o /tmp/molecule-janitor-body -w '%{{http_code}}' 'http://{REG}{path}'; "
+        "echo; base64 -w0 /tmp/molecule-janitor-body 2>/dev/null; rm -f /tmp/molecule-janitor-body",
+    )
+    status, _, body = out.partition("\n")
+    return int(status), base64.b64decode(body.strip() or b"")
+
+
+def tags(host, repo: str) -> list[str]:
+    status, body = http(host, f"/v2/{repo}/tags/list")
+    if status == 404:
+        return []
+    assert status == 200, body
+    return sorted(json.loads(body).get("tags") or [])
+
+
+def catalog(host) -> list[str]:
+    status, body = http(host, "/v2/_catalog?n=1000")
+    assert status == 200, body
+    return sorted(json.loads(body).get("repositories") or [])
+
+
+def push_oci(
+    host, repo: str, tag: str, *, kind: str = "image", shared: str = "base", size: int = UNIQUE_SIZE
+) -> dict:
+    """An image (or index) built as an OCI layout in the host, pushed with skopeo."""
+    layout = f"{WORK}/oci/{repo.replace('/', '_')}-{tag}"
+    spec = json.dumps({"dir": layout, "tag": tag, "kind": kind, "shared": shared, "size": size})
+    info = json.loads(sh(host, f"rm -rf {layout} && python3 {OCIGEN} {shlex.quote(spec)}"))
+    sh(
+        host,
+        f"{SKOPEO} copy -q --all --preserve-digests --dest-tls-verify=false "
+        f"oci:{layout}:{tag} docker://{REG}/{repo}:{tag}",
+    )
+    return info
+
+
+def push_docker(host, repo: str, tag: str, *, shared: str = "base") -> dict:
+    """An image built with `docker build` (FROM scratch, a shared and a random file) and
+    pushed with `docker push`; its digests read back from the registry."""
+    image = f"{REG}/{repo}:{tag}"
+    sh(
+        host,
+        f"""set -eu
+mkdir -p {WORK}
+shared={WORK}/shared-{shared}.bin
+test -s "$shared" || python3 -c 'import random, sys; sys.stdout.buffer.write(\
+random.Random(sys.argv[1]).randbytes(65536))' {shared} > "$shared"
+ctx=$(mktemp -d)
+cp "$shared" "$ctx/shared.bin"
+head -c {UNIQUE_SIZE} /dev/urandom > "$ctx/unique.bin"
+printf 'FROM scratch\\nCOPY shared.bin /shared.bin\\nCOPY unique.bin /unique.bin\\n' \
+    > "$ctx/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t {image} "$ctx" >/dev/null
+rm -rf "$ctx"
+docker push -q {image} >/dev/null
+""",
+    )
+    status, body = http(host, f"/v2/{repo}/manifests/{tag}", accept=DOCKER_MANIFEST)
+    assert status == 200, body
+    manifest = json.loads(body)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    layers = manifest["layers"]
+    assert len(layers) == 2, manifest
+    blobs = {d["digest"]: d["size"] for d in [manifest["config"], *layers]}
+    blobs[digest] = len(body)
+    return {
+        "digest": digest,
+        "children": [],
+        "blobs": blobs,
+        "shared": [layers[0]["digest"]],
+        "unique": sorted([digest, manifest["config"]["digest"], layers[1]["digest"]]),
+    }
+
+
+def pull(host, repo: str, ref: str, *, oci: bool = True) -> subprocess.CompletedProcess:
+    """A complete pull with skopeo: every blob of every platform is fetched and its digest
+    verified. OCI content into an OCI layout, docker-built images into a dir: copy."""
+    dest = f"{WORK}/pull/{repo.replace('/', '_')}-{ref.replace(':', '_')}"
+    target = f"oci:{dest}:x" if oci else f"dir:{dest}"
+    sep = "@" if ref.startswith("sha256:") else ":"
+    result = host.run(
+        f"rm -rf {dest} && mkdir -p {dest} && {SKOPEO} copy -q --all --preserve-digests "
+        f"--src-tls-verify=false docker://{REG}/{repo}{sep}{ref} {target}"
+    )
+    host.run(f"rm -rf {dest}")
+    return result
+
+
+def journal_cursor(host) -> str:
+    out = sh(host, "journalctl -n 0 --show-cursor -q --no-pager")
+    return out.strip().removeprefix("-- cursor: ")
+
+
+def sweep_by_service(host) -> str:
+    """`systemctl start registry-janitor.service`; returns this run's journal lines."""
+    cursor = journal_cursor(host)
+    result = host.run("systemctl start registry-janitor.service")
+    log = host.run(
+        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
+        "-o cat --no-pager"
+    ).stdout
+    assert result.rc == 0, f"{result.stderr}\n{log}"
+    assert host.check_output("systemctl show registry-janitor.service -p Result --value") == (
+        "success"
+    )
+    SEEN["sweeps"] += 1
+    SEEN["service_sweeps"] += 1
+    return log
+
+
+def controller_tool(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    assert Path(found).exists(), f"{name} not found on the controller"
+    return found
+
+
+def ansible(tool: str, *args: str) -> subprocess.CompletedProcess:
+    """ansible / ansible-playbook on the controller against the Molecule inventory, from the
+    project root, as an operator would run them."""
+    project = os.environ.get("MOLECULE_PROJECT_DIRECTORY", str(Path(__file__).parents[3]))
+    result = subprocess.run(
+        [controller_tool(tool), "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def push_series(host, repo: str, names, push=push_oci, gap: float = 0.2, **kwargs) -> dict:
+    infos = {}
+    for i, name in enumerate(names):
+        if i:
+            host.run(f"sleep {gap}")
+        infos[name] = push(host, repo, name, **kwargs)
+    return infos
+
+
+def assert_pruned(
+    host, repo: str, infos: dict, kept: list[str], gone: list[str], *, oci: bool = True
+) -> None:
+    """Kept tags are listed and pull completely with all their blobs on disk; gone tags are
+    not listed, do not pull, and the blobs only they used are gone from the store."""
+    assert tags(host, repo) == sorted(kept)
+    for name in kept:
+        result = pull(host, repo, name, oci=oci)
+        assert result.rc == 0, f"{repo}:{name} does not pull: {result.stderr}"
+        assert blobs_present(host, infos[name]["blobs"]) == set(infos[name]["blobs"])
+    kept_blobs = set().union(*(infos[n]["blobs"] for n in kept)) if kept else set()
+    for name in gone:
+        result = pull(host, repo, name, oci=oci)
+        assert result.rc != 0, f"{repo}:{name} still pulls"
+        status, _ = http(host, f"/v2/{repo}/manifests/{infos[name]['digest']}")
+        assert status == 404, f"{repo}@{infos[name]['digest']} still served"
+        only_this = set(infos[name]["unique"]) - kept_blobs
+        assert only_this, "test setup: the image has no blob of its own"
+        assert blobs_present(host, only_this) == set(), f"{repo}:{name} blobs left"
+    SEEN["tags_deleted"] += len(gone)
+
+
+# --- the deployed stack -------------------------------------------------------------------
+
+
+def test_stack_is_up_and_store_is_empty(host):
+    assert host.service("registry-cache.service").is_running
+    status, _ = http(host, "/v2/")
+    assert status == 200
+    assert catalog(host) == []
+    assert "blobdescriptor:" not in host.file("/opt/registry-cache/config.yml").content_string
+    assert host.exists("skopeo") and host.exists("docker")
+
+
+def test_timer_is_enabled_and_has_not_fired(host):
+    """The timer stays enabled as in production; its calendar keeps it out of this run."""
+    timer = host.service("registry-janitor.timer")
+    assert timer.is_enabled and timer.is_running
+    nxt = host.check_output(
+        "systemctl show registry-janitor.timer -p NextElapseUSecRealtime --value"
+    )
+    assert nxt not in ("", "n/a", "0")
+    assert host.check_output(
+        "systemctl show registry-janitor.timer -p LastTriggerUSec --value"
+    ) in ("", "n/a", "0")
+
+
+# --- 1: the seed's integration test through the deployed stack ----------------------------
+
+
+def test_1_sweep_by_service_keeps_newest_two_and_reclaims_blobs(host):
+    repo = "team/app"
+    infos = push_series(host, repo, ["v1", "v2", "v3", "v4"], push=push_docker, gap=1.1)
+    shared = {layer for info in infos.values() for layer in info["shared"]}
+    assert len(shared) == 1, "the four images should share their first layer"
+    mtimes = [
+        float(sh(host, f"stat -c %.9Y {V2}/repositories/{repo}/_manifests/tags/{t}/current/link"))
+        for t in ("v1", "v2", "v3", "v4")
+    ]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(mtimes)), mtimes
+    assert tags(host, repo) == ["v1", "v2", "v3", "v4"]
+    before = blobs_bytes(host)
+
+    log = sweep_by_service(host)
+
+    assert SWEEP_SUMMARY.search(log), log
+    assert_pruned(host, repo, infos, ["v3", "v4"], ["v1", "v2"], oci=False)
+    assert blobs_present(host, shared) == shared
+    for name in ("v1", "v2"):
+        result = host.run(f"docker pull -q {REG}/{repo}:{name}")
+        assert result.rc != 0 and "manifest unknown" in result.stderr.lower(), result.stderr
+    unique_gone = sum(infos[n]["blobs"][d] for n in ("v1", "v2") for d in infos[n]["unique"])
+    reclaimed = before - blobs_bytes(host)
+    assert unique_gone >= 2 * UNIQUE_SIZE
+    assert reclaimed >= unique_gone, (before, reclaimed, unique_gone)
+    SEEN["bytes_reclaimed"] += unique_gone
+
+
+# --- 2: the sweep as operators trigger it -------------------------------------------------
+
+
+def test_2a_sweep_by_playbook(host):
+    repo = "ops/playbook"
+    infos = push_series(host, repo, ["p1", "p2", "p3"])
+    result = ansible("ansible-playbook", "playbooks/sweep.yml")
+    SEEN["sweeps"] += 1
+    assert SWEEP_SUMMARY.search(result.stdout), result.stdout
+    assert re.search(r"ok=\d+\s+changed=1\s+unreachable=0\s+failed=0", result.stdout)
+    assert_pruned(host, repo, infos, ["p2", "p3"], ["p1"])
+
+
+def test_2b_sweep_by_adhoc_command(host):
+    repo = "ops/adhoc"
+    infos = push_series(host, repo, ["a1", "a2", "a3"])
+    cursor = journal_cursor(host)
+    result = ansible(
+        "ansible",
+        "registry_cache",
+        "-b",
+        "-m",
+        "command",
+        "-a",
+        "systemctl start registry-janitor.service",
+    )
+    SEEN["sweeps"] += 1
+    SEEN["service_sweeps"] += 1
+    assert "CHANGED" in result.stdout, result.stdout
+    log = sh(
+        host,
+        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
+        "-o cat --no-pager",
+    )
+    assert SWEEP_SUMMARY.search(log), log
+    assert_pruned(host, repo, infos, ["a2", "a3"], ["a1"])
+
+
+# --- 3: kept multi-platform images with attestations --------------------------------------
+
+
+def test_3_kept_multiplatform_index_with_attestations_pulls_completely(host):
+    repo = "team/multi"
+    infos = push_series(host, repo, ["i1", "i2", "i3"], kind="index", shared="multi-base")
+    for info in infos.values():
+        assert len(info["children"]) == 4 and len(info["attestations"]) == 2
+
+    sweep_by_service(host)
+
+    assert_pruned(host, repo, infos, ["i2", "i3"], ["i1"])
+    for name in ("i2", "i3"):
+        for child in infos[name]["children"]:
+            status, body = http(host, f"/v2/{repo}/manifests/{child}")
+            assert status == 200, f"{name} child {child}: {body[:200]!r}"
+            assert pull(host, repo, child).rc == 0, f"{name} child {child} does not pull"
+    # i1's platform and attestation manifests were unlinked too, not left to GC's mercy.
+    for child in infos["i1"]["children"]:
+        assert not host.file(
+            f"{V2}/repositories/{repo}/_manifests/revisions/sha256/"
+            f"{child.removeprefix('sha256:')}/link"
+        ).exists
+
+
+def test_3b_overwritten_index_tag_is_collected_and_new_one_pulls(host):
+    repo = "team/latest"
+    old = push_oci(host, repo, "latest", kind="index", shared="latest-base")
+    host.run("sleep 0.2")
+    new = push_oci(host, repo, "latest", kind="index", shared="latest-base")
+
+    sweep_by_service(host)
+
+    assert tags(host, repo) == ["latest"]
+    assert pull(host, repo, "latest").rc == 0
+    assert blobs_present(host, new["blobs"]) == set(new["blobs"])
+    assert blobs_present(host, old["unique"]) == set(), "the overwritten index was not collected"
+
+
+# --- 4: no stale blob-descriptor cache after GC -------------------------------------------
+
+
+def test_4_repush_of_layers_gc_deleted_pulls_completely(host):
+    repo = "team/stale"
+    infos = push_series(host, repo, ["s1", "s2", "s3"], push=push_docker, shared="stale-base")
+    layer = sorted(set(infos["s1"]["unique"]) - {infos["s1"]["digest"]})
+    # Let the running registry look at s1's blobs before GC (what would fill a cache).
+    for digest in layer:
+        assert http(host, f"/v2/{repo}/blobs/{digest}", method="HEAD")[0] == 200
+    assert pull(host, repo, "s1", oci=False).rc == 0
+
+    sweep_by_service(host)
+
+    assert_pruned(host, repo, infos, ["s2", "s3"], ["s1"], oci=False)
+    for digest in layer:
+        assert http(host, f"/v2/{repo}/blobs/{digest}", method="HEAD")[0] == 404
+    # The same image again: its config and unique layer are exactly the blobs GC deleted.
+    push = host.run(f"docker tag {REG}/{repo}:s1 {REG}/{repo}:s4 && docker push {REG}/{repo}:s4")
+    assert push.rc == 0, push.stdout + push.stderr
+    result = pull(host, repo, "s4", oci=False)
+    assert result.rc == 0, f"re-pushed image does not pull (stale cache?): {result.stderr}"
+    assert blobs_present(host, layer) == set(layer)
+    assert tags(host, repo) == ["s2", "s3", "s4"]
+
+
+# --- 5: dry run ---------------------------------------------------------------------------
+
+
+def store_listing(host) -> list[str]:
+    return sh(host, f"find {DATA} -printf '%p %y %s %m %u %T@\\n' | LC_ALL=C sort").splitlines()
+
+
+def test_5_dry_run_lists_and_changes_nothing(host):
+    repo = "team/dry"
+    infos = push_series(host, repo, ["d1", "d2", "d3"])
+    before = store_listing(host)
+    metrics_before = host.file(METRICS).content_string
+
+    result = ansible("ansible-playbook", "playbooks/sweep.yml", "-e", "dry_run=true")
+
+    out = result.stdout
+    assert re.search(rf"{re.escape(repo)}\W+d1\b", out), out
+    assert infos["d1"]["digest"].removeprefix("sha256:")[:12] in out, out
+    for kept in ("d2", "d3"):
+        assert not re.search(rf"{re.escape(repo)}\W+{kept}\b", out), out
+    after = store_listing(host)
+    assert after == before
+    assert (
+        hashlib.sha256("\n".join(after).encode()).hexdigest()
+        == hashlib.sha256("\n".join(before).encode()).hexdigest()
+    )
+    assert tags(host, repo) == ["d1", "d2", "d3"]
+    assert pull(host, repo, "d1").rc == 0
+    assert host.file(METRICS).content_string == metrics_before
+
+
+# --- 6: retention options end to end ------------------------------------------------------
+
+RETENTION = {
+    # PROTECT_TAGS=release-.*: protected tags stay and do not count toward N=2.
+    "rel/app": (
+        ["release-1", "release-2", "c1", "c2", "c3"],
+        ["release-1", "release-2", "c2", "c3"],
+    ),
+    # Rule young/**: keep 1, min age 1h; y1 is made 2 h old, y2-y4 are young.
+    "young/app": (["y1", "y2", "y3", "y4"], ["y2", "y3", "y4"]),
+    # Rule scratch/**: keep 1.
+    "scratch/ci/app": (["t1", "t2", "t3"], ["t3"]),
+    # No rule matches: the default keep 2.
+    "scratchpad/app": (["t1", "t2", "t3"], ["t2", "t3"]),
+    "other/app": (["t1", "t2", "t3"], ["t2", "t3"]),
+}
+
+
+@pytest.fixture(scope="module")
+def retention(host):
+    infos = {
+        repo: push_series(host, repo, names, size=4096) for repo, (names, _) in RETENTION.items()
+    }
+    link = f"{V2}/repositories/young/app/_manifests/tags/y1/current/link"
+    sh(host, f"touch -m -d '2 hours ago' {link}")
+    assert tags(host, "young/app") == ["y1", "y2", "y3", "y4"]
+    sweep_by_service(host)
+    return infos
+
+
+def check_retention(host, infos, repo):
+    names, kept = RETENTION[repo]
+    assert_pruned(host, repo, infos[repo], kept, [n for n in names if n not in kept])
+
+
+def test_6a_protected_tags_survive_beyond_n(host, retention):
+    check_retention(host, retention, "rel/app")
+
+
+def test_6b_tags_younger_than_min_age_survive(host, retention):
+    check_retention(host, retention, "young/app")
+
+
+def test_6c_policy_rule_applies_to_its_repositories_only(host, retention):
+    for repo in ("scratch/ci/app", "scratchpad/app", "other/app"):
+        check_retention(host, retention, repo)
+
+
+# --- 7: metrics and journal ---------------------------------------------------------------
+
+METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE = re.compile(
+    rf"^(?P<name>{METRIC_NAME})(?:\{{(?P<labels>(?:{LABEL})(?:,{LABEL})*,?)?\}})?"
+    r" (?P<value>[^ ]+)(?: (?P<ts>-?[0-9]+))?$"
+)
+TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+def parse_prometheus_text(text: str) -> dict[tuple[str, str], float]:
+    """A strict reader of the Prometheus text exposition format (0.0.4): HELP/TYPE at most
+    once per family and before its samples, families contiguous, no duplicate series, valid
+    names, label syntax and float values, a final newline."""
+    assert text.endswith("\n"), "no final newline"
+    types: dict[str, str] = {}
+    helps: set[str] = set()
+    samples: dict[tuple[str, str], float] = {}
+    finished: set[str] = set()
+    current = None
+
+    def family(name: str) -> str:
+        for suffix in ("_total", "_bucket", "_sum", "_count", "_created"):
+            if name not in types and name.endswith(suffix) and name[: -len(suffix)] in types:
+                return name[: -len(suffix)]
+        return name
+
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"line {number}: {line!r}"
+        assert line.strip(), f"{where}: empty line"
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                name = parts[2]
+                assert re.fullmatch(METRIC_NAME, name), where
+                assert name != current and name not in finished, f"{where}: after its samples"
+                if parts[1] == "HELP":
+                    assert name not in helps, f"{where}: second HELP"
+                    helps.add(name)
+                else:
+                    assert name not in types, f"{where}: second TYPE"
+                    assert len(parts) == 4 and parts[3] in TYPES, where
+                    types[name] = parts[3]
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"{where}: not a sample"
+        fam = family(match["name"])
+        if fam != current:
+            assert fam not in finished, f"{where}: family {fam} is not contiguous"
+            if current is not None:
+                finished.add(current)
+            current = fam
+        value = match["value"]
+        assert re.fullmatch(r"[+-]?(?:[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?|Inf)|NaN", value), where
+        key = (match["name"], match["labels"] or "")
+        assert key not in samples, f"{where}: duplicate series"
+        samples[key] = float(value)
+    for (name, _), value in samples.items():
+        if types.get(family(name)) == "counter":
+            assert value >= 0, f"counter {name} is negative"
+    return samples
+
+
+def test_7a_metrics_file_parses_and_counts_the_sweeps(host):
+    metrics = host.file(METRICS)
+    assert metrics.is_file
+    samples = parse_prometheus_text(metrics.content_string)
+    names = {name for name, _ in samples}
+    for required in (
+        "registry_janitor_last_run_timestamp_seconds",
+        "registry_janitor_last_success_timestamp_seconds",
+        "registry_janitor_last_run_success",
+        "registry_janitor_sweep_duration_seconds",
+        "registry_janitor_gc_duration_seconds",
+        "registry_janitor_repositories",
+        "registry_janitor_tags",
+        "registry_janitor_tags_kept",
+        "registry_janitor_sweeps_total",
+        "registry_janitor_tags_deleted_total",
+        "registry_janitor_manifests_unlinked_total",
+        "registry_janitor_blobs_deleted_total",
+        "registry_janitor_bytes_reclaimed_total",
+    ):
+        assert required in names, f"{required} missing"
+    now = int(host.check_output("date +%s"))
+    assert samples[("registry_janitor_last_run_success", "")] == 1
+    assert 0 <= now - samples[("registry_janitor_last_success_timestamp_seconds", "")] < 900
+    assert samples[("registry_janitor_sweeps_total", 'result="success"')] >= SEEN["sweeps"]
+    assert samples[("registry_janitor_tags_deleted_total", "")] >= SEEN["tags_deleted"]
+    assert samples[("registry_janitor_bytes_reclaimed_total", "")] >= SEEN["bytes_reclaimed"]
+    assert samples[("registry_janitor_repositories", "")] == len(catalog(host))
+    # Written atomically: no temporary file left next to it.
+    assert sh(host, f"ls -A {Path(METRICS).parent}").split() == [Path(METRICS).name]
+
+
+def test_7b_journal_has_the_sweep_summary(host):
+    log = sh(host, "journalctl -u registry-janitor.service -o cat --no-pager")
+    summaries = SWEEP_SUMMARY.findall(log)
+    # Every sweep started through systemd (the ad-hoc one included) left its summary.
+    assert SEEN["service_sweeps"] >= 1
+    assert len(summaries) == SEEN["service_sweeps"], log
+    assert re.search(r"sweep done: .* reclaimed", log), log
