@@ -350,15 +350,55 @@ def cached_store(cache_dir: Path, spec: StoreSpec, log: bool = True) -> Path:
     return final
 
 
-def copy_store(src: Path, dest: Path) -> Path:
-    """An independent copy (``cp -a``, no hardlinks shared with the cache), synced to disk
-    so writeback does not run during the timed part."""
+def copy_store(src: Path, dest: Path, workers: int = 0) -> Path:
+    """An independent copy (``cp -a``: no hardlinks shared with the cache, same mtimes),
+    synced to disk so writeback does not run during the timed part. The blob prefix
+    directories and top-level repositories are copied by ``workers`` ``cp`` processes."""
     if dest.exists():
         remove_tree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-a", str(src), str(dest)], check=True)
+    workers = workers or (os.cpu_count() or 1)
+    subtrees: list[tuple[Path, Path]] = []
+    for part in (V2 / "blobs" / "sha256", V2 / "repositories"):
+        (dest / part).mkdir(parents=True)
+        subtrees += [(src / part / name, dest / part) for name in sorted(os.listdir(src / part))]
+    batches = [subtrees[k::workers] for k in range(workers)]
+    procs = []
+    for batch in batches:
+        if not batch:
+            continue
+        by_target: dict[Path, list[str]] = {}
+        for s, d in batch:
+            by_target.setdefault(d, []).append(str(s))
+        script = " && ".join(
+            "cp -a " + " ".join(_q(x) for x in srcs) + " " + _q(str(d))
+            for d, srcs in by_target.items()
+        )
+        procs.append(subprocess.Popen(["sh", "-c", script]))
+    failed = [p.wait() for p in procs]
+    if any(failed):
+        raise RuntimeError(f"copying {src} to {dest} failed")
+    for name in os.listdir(src):  # .complete and anything else at the top
+        if not (src / name).is_dir():
+            shutil.copy2(src / name, dest / name)
+    for rel in (
+        "",
+        "docker",
+        "docker/registry",
+        str(V2),
+        str(V2 / "blobs"),
+        str(V2 / "blobs" / "sha256"),
+        str(V2 / "repositories"),
+    ):
+        st = os.stat(src / rel)
+        os.utime(dest / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
     subprocess.run(["sync", "-f", str(dest)], check=True)
     return dest
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def remove_tree(path: Path) -> None:
