@@ -29,7 +29,7 @@ import slowfs
 from store import StoreSpec, cached_store, copy_store, remove_tree
 
 PARTS = ("plan", "strace", "sweep", "growth", "slowfs")
-OPTIONAL_PARTS = ("profile",)  # run only when named in --only
+OPTIONAL_PARTS = ("profile", "keepmany")  # run only when named in --only
 SIZES: dict[str, dict[str, StoreSpec]] = {
     "full": {
         "a": StoreSpec("a", 1000, 100),
@@ -118,20 +118,25 @@ class Bench:
         return out
 
     def sweep_vs_seed(
-        self, key: str
+        self, key: str, keep: int | None = None
     ) -> tuple[C.Result, C.Result, check.CheckResult, check.CheckResult]:
         spec = self.specs[key]
-        log(f"sweep vs seed recipe on store {key} ({spec.repos} x {spec.tags}, {spec.kind})")
-        seed = self._mutating(key, "seed")
+        log(
+            f"sweep vs seed recipe on store {key} ({spec.repos} x {spec.tags}, {spec.kind}),"
+            f" keep {keep or self.keep}"
+        )
+        seed = self._mutating(key, "seed", keep)
         seed_check = self._last_check
-        sweep = self._mutating(key, "sweep")
+        sweep = self._mutating(key, "sweep", keep)
         sweep_check = self._last_check
         return sweep, seed, sweep_check, seed_check
 
     _last_check: check.CheckResult
 
-    def _mutating(self, key: str, which: str) -> C.Result:
+    def _mutating(self, key: str, which: str, keep: int | None = None) -> C.Result:
         spec = self.specs[key]
+        keep = keep or self.keep
+        tag = f"{key}-keep{keep}" if keep != self.keep else key
         root = self.fresh_copy(key, which)
         cfg = C.write_registry_config(self.work / f"registry-{key}-{which}.yml", root)
         gc_log = self.work / f"gc-{key}-{which}.log"
@@ -139,14 +144,14 @@ class Bench:
             gc_log.unlink()
         wrapper = C.write_gc_wrapper(self.work / f"registry-{key}-{which}", gc_log)
         if which == "seed":
-            cmd = C.seed_cmd(root, self.keep, cfg, wrapper)
+            cmd = C.seed_cmd(root, keep, cfg, wrapper)
         else:
-            cmd = C.sweep_cmd(root, self.lock(), self.keep, cfg, wrapper)
+            cmd = C.sweep_cmd(root, self.lock(), keep, cfg, wrapper)
         try:
-            res = C.run_timed(which, cmd, self.out(f"{which}-{key}"))
+            res = C.run_timed(which, cmd, self.out(f"{which}-{tag}"))
             res.gc_wall_s, res.gc_max_rss_kb = C.read_gc_log(gc_log)
-            res.extra["summary"] = _last_line(self.out(f"{which}-{key}"))
-            chk = check.check_store(root, spec, self.keep)
+            res.extra["summary"] = _last_line(self.out(f"{which}-{tag}"))
+            chk = check.check_store(root, spec, keep)
         finally:
             remove_tree(root)
         self._last_check = chk
@@ -157,7 +162,7 @@ class Bench:
             f" broken {chk.broken_tags}, retention mismatches {chk.retention_mismatch},"
             f" blobs left {chk.blobs}"
         )
-        self.results[f"{which}_{key}"] = asdict(res)
+        self.results[f"{which}_{tag}"] = asdict(res)
         return res
 
     def sweep_only(self, key: str) -> C.Result:
@@ -390,6 +395,26 @@ class Bench:
                     f"{ls}: layer calibration (stat-only client), time / model bound",
                     f"{cal['wall_s'] / cal['model_bound_s']:.2f}x at {conc},"
                     f" {cal1['wall_s'] / cal1['model_bound_s']:.2f}x at 1",
+                )
+            )
+        if "keepmany" in parts:
+            # Where --delete-untagged's O(revisions x remaining tags) shows: keep half the tags.
+            many = b.tags // 2
+            lk = f"{lb}, keep {many}"
+            sw, sd, chk_sw, chk_sd = self.sweep_vs_seed("b", many)
+            rows.append(
+                R.Row(
+                    f"{lk}: seed recipe (GC part)", f"{R.secs(sd.wall_s)} ({R.secs(sd.gc_wall_s)})"
+                )
+            )
+            rows.append(
+                R.Row(f"{lk}: sweep (GC part)", f"{R.secs(sw.wall_s)} ({R.secs(sw.gc_wall_s)})")
+            )
+            rows.append(R.ratio_row(f"{lk}: seed / sweep", sd.wall_s, sw.wall_s))
+            rows.append(
+                R.Row(
+                    f"{lk}: kept tags broken after sweep / seed",
+                    f"{chk_sw.broken_tags} / {chk_sd.broken_tags} of {chk_sw.tags_present}",
                 )
             )
         if "profile" in parts:
