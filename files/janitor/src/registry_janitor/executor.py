@@ -94,33 +94,55 @@ def empty_trash(trash: Path) -> int:
     return len(entries)
 
 
-def delete_tag(repo: Repository, tag: str, trash: Path | None = None) -> None:
+def _changed(link: Path, seen: float | None) -> bool:
+    """The link was rewritten (a push) since the scan saw it with mtime `seen`."""
+    if seen is None:
+        return False
+    try:
+        return os.lstat(link).st_mtime != seen
+    except FileNotFoundError:
+        return False
+
+
+def delete_tag(
+    repo: Repository, tag: str, trash: Path | None = None, pushed: float | None = None
+) -> bool:
+    """False, and nothing done, when the tag was pushed again after the scan (`pushed`)."""
     path = tag_dir(repo, tag)
+    # Narrows the race with a CI job re-pushing this tag from the whole sweep to one stat.
+    if _changed(path / "current" / "link", pushed):
+        return False
     if not _to_trash(path, trash):
         _unlink_in(path / "current", "link")
         _rmtree_quiet(path)
+    return True
 
 
 def remove_leftover_tag(repo: Repository, tag: str) -> None:
     _rmtree_quiet(tag_dir(repo, tag))
 
 
-def unlink_revision(repo: Repository, digest: str, trash: Path | None = None) -> None:
+def unlink_revision(
+    repo: Repository, digest: str, trash: Path | None = None, written: float | None = None
+) -> bool:
+    """False, and nothing done, when the manifest was pushed again after the scan."""
     path = revision_dir(repo, digest)
+    if _changed(path / "link", written):
+        return False
     if not _to_trash(path, trash):
         _unlink_in(path, "link")
         _rmtree_quiet(path)
+    return True
 
 
-def remove_repository(repo: Repository, repositories_dir: Path) -> bool:
-    """Remove an empty repository. True when its directory itself is gone."""
+def remove_repository(repo: Repository, repositories_dir: Path) -> None:
+    """Remove an empty repository; its directory stays while a nested repository lives in it."""
     for name in ("_manifests", "_layers"):
         _rmtree_quiet(repo.path / name)
     try:
         os.rmdir(repo.path / "_uploads")  # only when empty: never an upload in progress
     except OSError:
         pass
-    gone = False
     path = repo.path
     while path != repositories_dir and repositories_dir in path.parents:
         try:
@@ -129,6 +151,4 @@ def remove_repository(repo: Repository, repositories_dir: Path) -> bool:
             pass
         except OSError:
             break
-        gone = gone or path == repo.path
         path = path.parent
-    return gone

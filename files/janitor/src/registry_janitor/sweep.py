@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # a push links its layers before it uploads the manifest.
 EMPTY_REPOSITORY_AGE = retention.LEFTOVER_TAG_AGE
 
+# Seconds an unreachable revision must have been quiet before it is unlinked (or KEEP_MIN_AGE
+# if longer): a multi-arch push uploads its platform manifests before the index that reaches
+# them. Harbor waits 2 h before collecting fresh blobs for the same reason.
+UNTAGGED_MIN_AGE = 3600
+
 # In the data directory: pruning removed something that GC has not collected yet.
 GC_PENDING_FILE = ".registry-janitor.gc-pending"
 # In the data directory, outside the registry's `docker/`: deletions pass through it.
@@ -40,6 +45,7 @@ class RepoPlan:
     decisions: list[retention.TagDecision] = field(default_factory=list)
     leftovers: list[store.Tag] = field(default_factory=list)
     unlink: list[str] = field(default_factory=list)
+    unlink_mtimes: dict[str, float] = field(default_factory=dict)  # revision link mtime seen
     remove_repository: bool = False
 
     @property
@@ -140,12 +146,15 @@ def plan_all(
                 continue
             p.unlink = sorted(p.repository.revisions - reach.reachable)
         # A manifest pushed by digest moments ago may be the child of an index whose push is
-        # still under way: untagged revisions get the same minimum age as tags.
-        aging = [(p, d) for p in active if p.rule.keep_min_age > 0 for d in p.unlink]
+        # still under way: untagged revisions must have been quiet for a while. One stat per
+        # candidate only, never per revision.
+        aging = [(p, d) for p in active for d in p.unlink]
         links = [executor.revision_dir(p.repository, d) / "link" for p, d in aging]
         for (p, d), mtime in zip(aging, store.pmap(pool, _mtime, links), strict=True):
-            if mtime is not None and now - mtime < p.rule.keep_min_age:
+            if mtime is not None and now - mtime < max(p.rule.keep_min_age, UNTAGGED_MIN_AGE):
                 p.unlink.remove(d)
+            elif mtime is not None:
+                p.unlink_mtimes[d] = mtime
         # Their descriptors give the sizes of the blobs GC will free.
         reader.read_many(d for p in active for d in p.unlink)
     empty = []
@@ -248,7 +257,7 @@ class Janitor:
                             "reason": d.reason,
                             "pushed": iso(t.mtime),
                         },
-                        partial(executor.delete_tag, repo, t.name, self.trash_dir),
+                        partial(executor.delete_tag, repo, t.name, self.trash_dir, t.mtime),
                         "tags_deleted",
                     )
                 )
@@ -259,7 +268,13 @@ class Janitor:
                         f"{'would unlink' if self.cfg.dry_run else 'unlinked'} manifest"
                         f" {repo.name}@{digest} (no remaining tag reaches it)",
                         {"repository": repo.name, "digest": digest},
-                        partial(executor.unlink_revision, repo, digest, self.trash_dir),
+                        partial(
+                            executor.unlink_revision,
+                            repo,
+                            digest,
+                            self.trash_dir,
+                            p.unlink_mtimes.get(digest),
+                        ),
                         "manifests_unlinked",
                     )
                 )
@@ -307,7 +322,15 @@ class Janitor:
             return
         if not self.cfg.dry_run:
             try:
-                op.fn()
+                if op.fn() is False:
+                    # Pushed again since the scan (same tag or manifest): it stays.
+                    self.out.record(
+                        "skipped",
+                        f"kept after all, changed since the scan: {op.text}",
+                        op.fields,
+                        logging.WARNING,
+                    )
+                    return
             except OSError as exc:
                 fields = {**op.fields, "error": str(exc)}
                 self.out.record("error", f"failed: {op.text}: {exc}", fields, logging.ERROR)

@@ -10,6 +10,7 @@ registry accepts but cannot serve.
 from __future__ import annotations
 
 import subprocess
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ def push_gc_repush(work: Path, stack: ExitStack, *, cache: bool) -> Outcome:
     reg = stack.enter_context(running(work / "registry", blobdescriptor_cache=cache))
     push(layout.path, "v1", reg, "stale:v1")
     push(layout.path, "v2", reg, "stale:v2")  # newer: v1 is the one retention drops
+    reg.age_revisions(time.time() - 7200)
     # GC in another process while the registry keeps serving, as the deployment does.
     sweep = janitor.run(reg, "--keep-last-n", "1")
     assert sweep.returncode == 0, sweep.stderr

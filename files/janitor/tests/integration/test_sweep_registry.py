@@ -124,6 +124,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         for _, ref, _, _, when in pushes:
             set_push_time(reg, ref, when)
         set_push_time(reg, "a:latest", OLD + 6)
+        reg.age_revisions(OLD)
         os.utime(reg.repositories / "scratch" / "tmp" / "_layers" / "sha256", (OLD, OLD))
 
         sc.kept = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 
@@ -52,11 +53,12 @@ class Store:
         return path
 
     def revision(self, name: str, digest: str, mtime: float | None = None) -> None:
+        """A revision link, by default written two days ago (older than any grace period)."""
         link = self.repo(name) / "_manifests" / "revisions" / "sha256" / digest[7:] / "link"
         link.parent.mkdir(parents=True, exist_ok=True)
         link.write_text(digest)
-        if mtime is not None:
-            os.utime(link, (mtime, mtime))
+        when = time.time() - 2 * 86400 if mtime is None else mtime
+        os.utime(link, (when, when))
 
     def tag(self, name: str, tag: str, digest: str, mtime: float) -> None:
         self.revision(name, digest)

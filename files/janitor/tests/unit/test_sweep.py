@@ -221,10 +221,11 @@ def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
     real = executor.delete_tag
     done: list[str] = []
 
-    def delete_then_signal(repo: object, tag: str, trash: Path | None) -> None:
-        real(repo, tag, trash)  # type: ignore[arg-type]
+    def delete_then_signal(repo: object, tag: str, *args: object) -> bool:
+        result = real(repo, tag, *args)  # type: ignore[arg-type]
         done.append(tag)
         stop.set()  # as the SIGTERM handler does
+        return result
 
     monkeypatch.setattr(executor, "delete_tag", delete_then_signal)
     stats = prune(s, stop=stop, keep_last_n=1)
@@ -265,10 +266,10 @@ def test_a_failed_deletion_fails_the_sweep_and_the_rest_goes_on(
         s.tag("r", f"t{i}", s.image(str(i)), OLD + i)
     real = executor.delete_tag
 
-    def flaky(repo: object, tag: str, trash: Path | None) -> None:
+    def flaky(repo: object, tag: str, *args: object) -> bool:
         if tag == "t1":
             raise OSError(5, "Input/output error")
-        real(repo, tag, trash)  # type: ignore[arg-type]
+        return real(repo, tag, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(executor, "delete_tag", flaky)
     stats = prune(s, keep_last_n=1)
@@ -316,3 +317,36 @@ def test_deletions_pass_through_the_trash_and_a_crash_leaves_only_trash(s: Store
     (trash / "0123abcd" / "current").mkdir(parents=True)
     prune(s)
     assert list(trash.iterdir()) == []
+
+
+def test_unreachable_revision_younger_than_an_hour_waits_by_default(s: Store) -> None:
+    child, tagged = s.image("child-of-an-index-being-pushed"), s.image("tagged")
+    s.revision("r", child, mtime=NOW - 120)
+    s.tag("r", "t", tagged, OLD)
+    assert prune(s).manifests_unlinked == 0
+    assert revisions(s, "r") == {child, tagged}
+
+
+def test_tag_or_manifest_pushed_again_during_the_sweep_is_kept(
+    s: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry_janitor import sweep
+
+    old_img, new_img = s.image("old"), s.image("new")
+    s.tag("r", "pr-1", old_img, OLD)
+    s.tag("r", "main", new_img, OLD + 10)
+    real_plan = sweep.plan_all
+
+    def plan_then_push(*args: object, **kwargs: object) -> list[sweep.RepoPlan]:
+        plans = real_plan(*args, **kwargs)  # type: ignore[arg-type]
+        # CI pushes pr-1 again after the scan decided to delete it.
+        link = s.repositories / "r" / "_manifests" / "tags" / "pr-1" / "current" / "link"
+        os.utime(link, (NOW, NOW))
+        rev = s.repositories / "r" / "_manifests" / "revisions" / "sha256" / old_img[7:] / "link"
+        os.utime(rev, (NOW, NOW))
+        return plans
+
+    monkeypatch.setattr(sweep, "plan_all", plan_then_push)
+    stats = prune(s, keep_last_n=1)
+    assert tags(s, "r") == {"pr-1", "main"} and revisions(s, "r") == {old_img, new_img}
+    assert stats.tags_deleted == 0 and stats.manifests_unlinked == 0 and stats.ok
