@@ -79,6 +79,10 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
             except LockHeld as exc:
                 out.emit("locked", str(exc), level=logging.ERROR, lock_file=str(cfg.lock_file))
                 return EXIT_FAILED
+            except OSError as exc:  # e.g. a read-only mount: nothing could be deleted anyway
+                msg = f"cannot open lock file {cfg.lock_file}: {exc.strerror or exc}"
+                out.emit("lock_failed", msg, level=logging.ERROR, lock_file=str(cfg.lock_file))
+                return EXIT_FAILED
         try:
             janitor.sweep(
                 stats,

@@ -167,3 +167,12 @@ def test_missing_store_refuses_and_writes_nothing(tmp_path: Path) -> None:
         assert result.returncode == 1, command
         assert "is the storage mounted?" in result.stderr
     assert list(data.iterdir()) == []  # not even the lock file
+
+
+def test_unusable_lock_file_fails_cleanly(tmp_path: Path) -> None:
+    s = two_tags(tmp_path)
+    lock = tmp_path / "no" / "such" / "dir" / "janitor.lock"
+    result = run(s, "prune", "--keep-last-n", "0", "--lock-file", str(lock))
+    assert result.returncode == 1
+    assert f"cannot open lock file {lock}: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
