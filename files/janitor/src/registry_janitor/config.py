@@ -181,6 +181,8 @@ def load(
             name("metrics_file"), f'directory does not exist: "{metrics_file.parent}"'
         )
     lock_file = Path(raw["lock_file"]) if raw["lock_file"] else data_dir / ".registry-janitor.lock"
+    if not lock_file.parent.is_dir():
+        raise ConfigError(name("lock_file"), f'directory does not exist: "{lock_file.parent}"')
 
     return Config(
         keep_last_n=keep_last_n,

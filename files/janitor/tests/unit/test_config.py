@@ -50,6 +50,7 @@ BAD_ENV = [
     ("JANITOR_POLICY_FILE", "/no/such/policy.toml", "JANITOR_POLICY_FILE /no/such/policy.toml"),
     ("JANITOR_METRICS_FILE", "/no/such/dir/m.prom", "JANITOR_METRICS_FILE: directory does not"),
     ("JANITOR_REGISTRY_CONFIG", "/no/such/config.yml", "JANITOR_REGISTRY_CONFIG: file does not"),
+    ("JANITOR_LOCK_FILE", "/no/such/dir/j.lock", "JANITOR_LOCK_FILE: directory does not exist"),
 ]
 
 

@@ -171,8 +171,9 @@ def test_missing_store_refuses_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_unusable_lock_file_fails_cleanly(tmp_path: Path) -> None:
     s = two_tags(tmp_path)
-    lock = tmp_path / "no" / "such" / "dir" / "janitor.lock"
+    lock = tmp_path / "a-directory"
+    lock.mkdir()
     result = run(s, "prune", "--keep-last-n", "0", "--lock-file", str(lock))
     assert result.returncode == 1
-    assert f"cannot open lock file {lock}: No such file or directory" in result.stderr
+    assert f"cannot open lock file {lock}: Is a directory" in result.stderr
     assert "Traceback" not in result.stderr
