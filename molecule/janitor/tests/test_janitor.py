@@ -41,8 +41,10 @@ OCI_ACCEPT = (
     f"application/vnd.docker.distribution.manifest.list.v2+json,{DOCKER_MANIFEST}"
 )
 UNIQUE_SIZE = 256 * 1024
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SWEEP_SUMMARY = re.compile(r"sweep done: \d+ repositories, \d+ tags kept, \d+ deleted")
 
+START: dict[str, str] = {}
 # What the tests saw the janitor do, for the metrics check at the end.
 SEEN: dict[str, int] = {"sweeps": 0, "service_sweeps": 0, "tags_deleted": 0, "bytes_reclaimed": 0}
 
@@ -207,7 +209,9 @@ def ansible(tool: str, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=900,
         check=False,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"},
     )
+    result.stdout = ANSI.sub("", result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -219,6 +223,28 @@ def push_series(host, repo: str, names, push=push_oci, gap: float = 0.2, **kwarg
             host.run(f"sleep {gap}")
         infos[name] = push(host, repo, name, **kwargs)
     return infos
+
+
+AGE_LINKS = """
+import os, sys
+shift = int(sys.argv[1]) * 10**9
+for top in sys.argv[2:]:
+    for folder, _, files in os.walk(top):
+        if "link" in files:
+            path = os.path.join(folder, "link")
+            st = os.lstat(path)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
+"""
+
+
+def pushed_hours_ago(host, *repos: str, hours: int = 2) -> None:
+    """Moves every push into these repositories `hours` back in time, order and gaps kept:
+    the mtime of each `link` file (tags' current/link, revisions, layers) is what the janitor
+    reads as push time. The janitor leaves unreachable revisions younger than its grace
+    period (KEEP_MIN_AGE, and a fixed floor in newer janitor versions) for a later sweep, so
+    without this the blobs of a tag deleted minutes after its push are not reclaimed yet."""
+    paths = " ".join(shlex.quote(f"{V2}/repositories/{r}") for r in repos)
+    sh(host, f"python3 -c {shlex.quote(AGE_LINKS)} {hours * 3600} {paths}")
 
 
 def assert_pruned(
@@ -247,6 +273,7 @@ def assert_pruned(
 
 
 def test_stack_is_up_and_store_is_empty(host):
+    START["cursor"] = journal_cursor(host)
     assert host.service("registry-cache.service").is_running
     status, _ = http(host, "/v2/")
     assert status == 200
@@ -282,6 +309,7 @@ def test_1_sweep_by_service_keeps_newest_two_and_reclaims_blobs(host):
     ]
     assert all(b - a >= 1.0 for a, b in itertools.pairwise(mtimes)), mtimes
     assert tags(host, repo) == ["v1", "v2", "v3", "v4"]
+    pushed_hours_ago(host, repo)
     before = blobs_bytes(host)
 
     log = sweep_by_service(host)
@@ -305,6 +333,7 @@ def test_1_sweep_by_service_keeps_newest_two_and_reclaims_blobs(host):
 def test_2a_sweep_by_playbook(host):
     repo = "ops/playbook"
     infos = push_series(host, repo, ["p1", "p2", "p3"])
+    pushed_hours_ago(host, repo)
     result = ansible("ansible-playbook", "playbooks/sweep.yml")
     SEEN["sweeps"] += 1
     assert SWEEP_SUMMARY.search(result.stdout), result.stdout
@@ -315,6 +344,7 @@ def test_2a_sweep_by_playbook(host):
 def test_2b_sweep_by_adhoc_command(host):
     repo = "ops/adhoc"
     infos = push_series(host, repo, ["a1", "a2", "a3"])
+    pushed_hours_ago(host, repo)
     cursor = journal_cursor(host)
     result = ansible(
         "ansible",
@@ -345,6 +375,7 @@ def test_3_kept_multiplatform_index_with_attestations_pulls_completely(host):
     infos = push_series(host, repo, ["i1", "i2", "i3"], kind="index", shared="multi-base")
     for info in infos.values():
         assert len(info["children"]) == 4 and len(info["attestations"]) == 2
+    pushed_hours_ago(host, repo)
 
     sweep_by_service(host)
 
@@ -367,6 +398,7 @@ def test_3b_overwritten_index_tag_is_collected_and_new_one_pulls(host):
     old = push_oci(host, repo, "latest", kind="index", shared="latest-base")
     host.run("sleep 0.2")
     new = push_oci(host, repo, "latest", kind="index", shared="latest-base")
+    pushed_hours_ago(host, repo)
 
     sweep_by_service(host)
 
@@ -387,6 +419,7 @@ def test_4_repush_of_layers_gc_deleted_pulls_completely(host):
     for digest in layer:
         assert http(host, f"/v2/{repo}/blobs/{digest}", method="HEAD")[0] == 200
     assert pull(host, repo, "s1", oci=False).rc == 0
+    pushed_hours_ago(host, repo)
 
     sweep_by_service(host)
 
@@ -412,6 +445,7 @@ def store_listing(host) -> list[str]:
 def test_5_dry_run_lists_and_changes_nothing(host):
     repo = "team/dry"
     infos = push_series(host, repo, ["d1", "d2", "d3"])
+    pushed_hours_ago(host, repo)
     before = store_listing(host)
     metrics_before = host.file(METRICS).content_string
 
@@ -441,7 +475,7 @@ RETENTION = {
         ["release-1", "release-2", "c1", "c2", "c3"],
         ["release-1", "release-2", "c2", "c3"],
     ),
-    # Rule young/**: keep 1, min age 1h; y1 is made 2 h old, y2-y4 are young.
+    # Rule young/**: keep 1, min age 1h; y1 pushed 2 h ago, y2-y4 just now.
     "young/app": (["y1", "y2", "y3", "y4"], ["y2", "y3", "y4"]),
     # Rule scratch/**: keep 1.
     "scratch/ci/app": (["t1", "t2", "t3"], ["t3"]),
@@ -453,11 +487,16 @@ RETENTION = {
 
 @pytest.fixture(scope="module")
 def retention(host):
-    infos = {
-        repo: push_series(host, repo, names, size=4096) for repo, (names, _) in RETENTION.items()
-    }
-    link = f"{V2}/repositories/young/app/_manifests/tags/y1/current/link"
-    sh(host, f"touch -m -d '2 hours ago' {link}")
+    infos = {}
+    for repo, (names, _) in RETENTION.items():
+        if repo == "young/app":
+            # y1 pushed two hours ago, then y2-y4 now (younger than the rule's 1h).
+            infos[repo] = push_series(host, repo, names[:1], size=4096)
+            pushed_hours_ago(host, repo)
+            infos[repo].update(push_series(host, repo, names[1:], size=4096))
+        else:
+            infos[repo] = push_series(host, repo, names, size=4096)
+            pushed_hours_ago(host, repo)
     assert tags(host, "young/app") == ["y1", "y2", "y3", "y4"]
     sweep_by_service(host)
     return infos
@@ -578,7 +617,11 @@ def test_7a_metrics_file_parses_and_counts_the_sweeps(host):
 
 
 def test_7b_journal_has_the_sweep_summary(host):
-    log = sh(host, "journalctl -u registry-janitor.service -o cat --no-pager")
+    log = sh(
+        host,
+        "journalctl -u registry-janitor.service -o cat --no-pager "
+        f"--after-cursor={shlex.quote(START['cursor'])}",
+    )
     summaries = SWEEP_SUMMARY.findall(log)
     # Every sweep started through systemd (the ad-hoc one included) left its summary.
     assert SEEN["service_sweeps"] >= 1
