@@ -39,10 +39,10 @@ SIZES: dict[str, dict[str, StoreSpec]] = {
         "slow": StoreSpec("slow", 30, 50),
     },
     "smoke": {
-        "a": StoreSpec("a", 40, 25),
-        "b": StoreSpec("b", 4, 100),
-        "c": StoreSpec("c", 4, 100, "index"),
-        "half": StoreSpec("b-half", 4, 50),
+        "a": StoreSpec("a", 20, 25),
+        "b": StoreSpec("b", 3, 60),
+        "c": StoreSpec("c", 3, 40, "index"),
+        "half": StoreSpec("b-half", 3, 30),
         "slow": StoreSpec("slow", 10, 10),
     },
 }
@@ -485,10 +485,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma list of {', '.join(PARTS + OPTIONAL_PARTS)} (default: all but profile)",
     )
     p.add_argument("--keep-last-n", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=3, help="runs of read-only contenders (best)")
+    p.add_argument(
+        "--repeat", type=int, default=0, help="runs of read-only contenders, best kept (3; smoke 1)"
+    )
     p.add_argument("--latency-ms", type=float, default=2.0)
     p.add_argument("--cache", default="/var/tmp/registry-cache-bench")
     args = p.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.size == "smoke" else 3)
     parts = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(parts) - set(PARTS + OPTIONAL_PARTS)
     if unknown:

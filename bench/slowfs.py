@@ -234,21 +234,22 @@ def calibrate(source: Path, mount: Path, concurrency: int) -> tuple[float, int]:
 
     from store import iter_repositories
 
-    jobs: list[tuple[Path, list[str]]] = []
+    dirs: list[tuple[Path, list[str]]] = []
     for _name, repo in iter_repositories(source):
         tags = repo / "_manifests" / "tags"
-        jobs.append((mount / tags.relative_to(source), sorted(os.listdir(tags))))
+        dirs.append((mount / tags.relative_to(source), sorted(os.listdir(tags))))
 
-    def one(job: tuple[Path, list[str]]) -> int:
-        fd = os.open(job[0], os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for t in job[1]:
-                os.stat(f"{t}/current/link", dir_fd=fd, follow_symlinks=False)
-        finally:
+    fds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d, _ in dirs]
+    jobs = [(fd, t) for fd, (_, names) in zip(fds, dirs, strict=True) for t in names]
+
+    def one(job: tuple[int, str]) -> None:
+        os.stat(f"{job[1]}/current/link", dir_fd=job[0], follow_symlinks=False)
+
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(one, jobs))
+        return time.perf_counter() - start, len(jobs)
+    finally:
+        for fd in fds:
             os.close(fd)
-        return len(job[1])
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        tags = sum(pool.map(one, jobs))
-    return time.perf_counter() - start, tags

@@ -37,7 +37,7 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 IN_TOTO = "application/vnd.in-toto+json"
 # 2026-01-01T00:00:00Z; tag i of a repository is pushed at T0 + rank * 60 s + repo offset.
 T0 = 1_767_225_600
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,13 @@ def tag_mtime(repo_index: int, tag_index: int, tags: int) -> int:
 
 
 class _Writer:
-    """Writes blobs and links with as few syscalls as the layout allows."""
+    """Writes blobs and links with as few syscalls as the layout allows. Every file gets the
+    mtime of the push that wrote it (``when``): the janitor may look at revision link ages."""
 
     def __init__(self, root: Path) -> None:
         self.blobs = root / V2 / "blobs" / "sha256"
         self.repos = root / V2 / "repositories"
+        self.when = T0
 
     def blob(self, data: bytes) -> str:
         hexd = hashlib.sha256(data).hexdigest()
@@ -111,19 +113,19 @@ class _Writer:
             os.mkdir(d)
         except FileExistsError:
             return hexd
-        _write(d / "data", data)
+        _write(d / "data", data, self.when)
         return hexd
 
-    @staticmethod
-    def link(path: Path, hexd: str) -> None:
+    def link(self, path: Path, hexd: str) -> None:
         os.makedirs(path, exist_ok=True)
-        _write(path / "link", b"sha256:" + hexd.encode())
+        _write(path / "link", b"sha256:" + hexd.encode(), self.when)
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, mtime: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
+        os.utime(fd, (mtime, mtime))
     finally:
         os.close(fd)
 
@@ -253,6 +255,7 @@ def _index(w: _Writer, seed: str, bases: dict[str, tuple[str, bytes]]) -> list[_
 
 def _shared_bases(w: _Writer) -> dict[str, tuple[str, bytes]]:
     out = {}
+    w.when = T0 - 86400
     for arch in ("amd64", "arm64"):
         data = _padded("base/" + arch, 2048)
         out[arch] = (w.blob(data), data)
@@ -278,7 +281,8 @@ def _gen_repo(w: _Writer, spec: StoreSpec, r: int, bases: dict[str, tuple[str, b
     os.makedirs(layers)
     linked_layers: set[str] = set()
 
-    def push(seed: str) -> str:
+    def push(seed: str, when: int) -> str:
+        w.when = when
         if spec.kind == "index":
             images = _index(w, seed, bases)
         else:
@@ -293,18 +297,21 @@ def _gen_repo(w: _Writer, spec: StoreSpec, r: int, bases: dict[str, tuple[str, b
         return images[0].manifest_hex
 
     # Untagged leftovers of overwritten tags; they stay in the tag's index/ history.
-    orphan_hexes = [push(f"{name}/orphan{k}") for k in range(spec.orphans_per_repo)]
+    orphan_hexes = [
+        push(f"{name}/orphan{k}", T0 - 3600 * (k + 1) + r) for k in range(spec.orphans_per_repo)
+    ]
     tags_dir = manifests / "tags"
     for t in range(spec.tags):
         tag = tag_name(t)
-        hexd = push(f"{name}/{tag}")
+        mtime = tag_mtime(r, t, spec.tags)
+        hexd = push(f"{name}/{tag}", mtime)
         tag_dir = tags_dir / tag
         w.link(tag_dir / "index" / "sha256" / hexd, hexd)
         if t < len(orphan_hexes):
+            w.when = T0 - 3600 * (t + 1) + r  # the overwritten push, in this tag's history
             w.link(tag_dir / "index" / "sha256" / orphan_hexes[t], orphan_hexes[t])
+            w.when = mtime
         w.link(tag_dir / "current", hexd)
-        mtime = tag_mtime(r, t, spec.tags)
-        os.utime(tag_dir / "current" / "link", (mtime, mtime))
     return spec.tags
 
 
