@@ -1,0 +1,213 @@
+"""Issue 6, item 2: SIGKILL the janitor at random points of prune, unlink and GC.
+
+>= 50 trials on copies of one store built by real pushes (crashstore). Each trial runs
+`python -m registry_janitor sweep --run-once --json` and kills it
+
+- right after the k-th `tag_deleted`, k-th `manifest_unlinked` or the `repository_removed`
+  event (k drawn from the counts an uninterrupted sweep emits),
+- a random time after `gc_started` (within the measured GC duration), or
+- a pure random delay after the start (within the measured run time),
+
+with SIGKILL to the whole process group (what systemd does to the unit's cgroup) or to the
+janitor alone (the OOM killer: its `garbage-collect` child lives on until its next write to
+the dead pipe; the trial waits for it). Then:
+
+- every tag the policy keeps is complete on disk (manifest, children, configs, layers, the
+  repository's links), and so is every other tag still listed (no half-deleted tag);
+- every 5th trial, a registry on the crashed copy serves every kept tag to `skopeo copy`
+  (`--all` for indexes);
+- the next sweep, not killed, exits 0 and leaves exactly the files an uninterrupted sweep
+  leaves: no trash, no GC owed, the kept set.
+
+A kill that lands after the janitor exited is a valid trial, counted as "completed before
+kill". Seeds are fixed and printed (RELIABILITY_SEED overrides the base seed).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import crashstore
+import janitor
+import pytest
+from registry import REGISTRY_BIN, Registry, pull
+
+TRIALS = 60
+PULL_EVERY = 5
+SEED = int(os.environ.get("RELIABILITY_SEED", "20261127"))
+KINDS = ("tag_deleted", "manifest_unlinked", "repository_removed", "gc_started", "delay")
+# What each trial saw last before the kill (see test_kill_points_cover_every_phase).
+OUTCOMES: dict[int, str] = {}
+
+
+@dataclass
+class Plan:
+    trial: int
+    seed: int
+    kind: str  # an event type from KINDS, or "delay"
+    nth: int  # kill after the nth event of that type
+    delay: float  # then wait this long (seconds)
+    group: bool  # SIGKILL the process group, or the janitor alone
+
+    def __str__(self) -> str:
+        what = (
+            f"{self.delay:.3f} s after start"
+            if self.kind == "delay"
+            else (f"{self.delay:.3f} s after {self.kind} #{self.nth}")
+        )
+        return (
+            f"trial {self.trial} seed {self.seed}: SIGKILL {what}"
+            f" to {'the process group' if self.group else 'the janitor alone'}"
+        )
+
+
+def plan(trial: int, ref: crashstore.Reference) -> Plan:
+    seed = SEED * 1000 + trial
+    rng = random.Random(seed)
+    kind = KINDS[trial % len(KINDS)]
+    group = (trial // len(KINDS)) % 2 == 0
+    nth, delay = 1, 0.0
+    if kind == "delay":
+        delay = rng.uniform(0, ref.run_seconds * 1.1)
+    elif kind == "gc_started":
+        delay = rng.uniform(0, ref.gc_seconds * 1.2)
+    elif kind == "repository_removed":
+        delay = rng.uniform(0, 0.005)
+    else:
+        nth = rng.randint(1, ref.counts[kind])
+    return Plan(trial, seed, kind, nth, delay, group)
+
+
+@dataclass
+class Run:
+    events: list[dict[str, object]] = field(default_factory=list)
+    killed: bool = False
+
+    @property
+    def last_phase(self) -> str:
+        if not self.killed:
+            return "completed before kill"
+        seen = [str(e["event"]) for e in self.events if e["event"] in KINDS]
+        return f"after {seen[-1]}" if seen else "before the first deletion"
+
+
+def group_alive(pgid: int) -> bool:
+    """Any process of the group that is not a zombie (an orphaned garbage-collect)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
+    env = {k: v for k, v in os.environ.items() if k not in janitor._OURS}
+    cmd = [
+        sys.executable, "-m", "registry_janitor", "sweep", "--run-once", "--json",
+        "--data-dir", str(reg.root), "--registry-config", str(reg.config),
+        "--registry-bin", REGISTRY_BIN or "registry", *args,
+    ]  # fmt: skip
+    run = Run()
+    trigger = threading.Event()
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True
+        )
+    assert proc.stdout is not None
+
+    def read() -> None:
+        n = 0
+        for line in proc.stdout:  # type: ignore[union-attr]
+            event = json.loads(line)
+            run.events.append(event)
+            if event["event"] == p.kind:
+                n += 1
+                if n == p.nth:
+                    trigger.set()
+        trigger.set()  # EOF: the janitor is done
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if p.kind != "delay":
+        assert trigger.wait(60), f"{p}: no {p.kind} event within 60 s"
+    time.sleep(p.delay)
+    if proc.poll() is None:
+        try:
+            if p.group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(30)
+    run.killed = proc.returncode == -signal.SIGKILL
+    assert run.killed or proc.returncode == 0, f"{p}: exit {proc.returncode}: {stderr.read_text()}"
+    deadline = time.monotonic() + 30
+    while group_alive(proc.pid):  # the orphaned GC dies at its next write to the closed pipe
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"{p}: garbage-collect still running 30 s after the janitor died")
+        time.sleep(0.02)
+    reader.join(10)
+    return run
+
+
+def check_crashed(root: Path, template: crashstore.Template, p: Plan) -> None:
+    for ref, digest in template.kept.items():
+        repo, tag = ref.rsplit(":", 1)
+        assert crashstore.tag_problems(root, repo, tag, digest) == [], f"{p}: kept {ref} broken"
+    for repo, tags in crashstore.visible_tags(root).items():
+        for tag in tags:
+            assert crashstore.tag_problems(root, repo, tag) == [], f"{p}: listed {repo}:{tag}"
+
+
+def pull_kept(reg: Registry, template: crashstore.Template, dest: Path, p: Plan) -> None:
+    dest.mkdir()
+    reg.start()
+    try:
+        for i, (ref, _) in enumerate(sorted(template.kept.items())):
+            result = pull(reg, ref, dest / str(i), multi=ref in template.multi)
+            assert result.returncode == 0, f"{p}: pull {ref}: {result.stderr}"
+    finally:
+        reg.stop()
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_sigkill_then_next_sweep(
+    template: crashstore.Template, reference: crashstore.Reference, tmp_path: Path, trial: int
+) -> None:
+    p = plan(trial, reference)
+    print(p)
+    reg = template.copy_to(tmp_path / "registry")
+    run = run_and_kill(reg, template.sweep_args, p, tmp_path / "killed.stderr")
+    OUTCOMES[trial] = run.last_phase
+    print(f"{p}: {run.last_phase}, {len(run.events)} events")
+    check_crashed(reg.root, template, p)
+    if trial % PULL_EVERY == 0:
+        pull_kept(reg, template, tmp_path / "pulled", p)
+    again = janitor.run(reg, *template.sweep_args)
+    assert again.returncode == 0, f"{p}: next sweep failed: {again.stderr}"
+    crashstore.check_final(reg.root, template, reference)
+
+
+def test_kill_points_cover_every_phase() -> None:
+    """Runs after the trials: the kills really landed in tags, unlink and GC."""
+    if len(OUTCOMES) < TRIALS:
+        pytest.skip("only meaningful after all the trials ran")
+    seen = collections.Counter(OUTCOMES.values())
+    print(dict(seen))
+    for phase in ("after tag_deleted", "after manifest_unlinked", "after gc_started"):
+        assert seen[phase] >= 5, dict(seen)
