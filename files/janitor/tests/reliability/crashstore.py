@@ -20,12 +20,14 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import janitor
 import oci
-from registry import Registry, push, running
+from registry import REGISTRY_BIN, Registry, push, running
 
 OLD = time.time() - 30 * 86400
 KEEP_LAST_N = 2
@@ -58,6 +60,20 @@ class Template:
         reg = Registry(workdir)
         shutil.copytree(self.root, reg.root, symlinks=True, dirs_exist_ok=True)
         return reg
+
+
+def janitor_command(reg: Registry, command: str, *args: str, run_once: bool = True) -> list[str]:
+    """The janitor as a subprocess to Popen (janitor.run waits for it; these get killed)."""
+    return [
+        sys.executable, "-m", "registry_janitor", command,
+        *(["--run-once"] if run_once else []),
+        "--data-dir", str(reg.root), "--registry-config", str(reg.config),
+        "--registry-bin", REGISTRY_BIN or "registry", *args,
+    ]  # fmt: skip
+
+
+def janitor_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in janitor._OURS}
 
 
 def build(work: Path) -> Template:

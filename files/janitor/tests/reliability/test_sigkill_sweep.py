@@ -31,7 +31,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from pathlib import Path
 import crashstore
 import janitor
 import pytest
-from registry import REGISTRY_BIN, Registry, pull
+from registry import Registry, pull
 
 TRIALS = 60
 PULL_EVERY = 5
@@ -114,12 +113,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if k not in janitor._OURS}
-    cmd = [
-        sys.executable, "-m", "registry_janitor", "sweep", "--run-once", "--json",
-        "--data-dir", str(reg.root), "--registry-config", str(reg.config),
-        "--registry-bin", REGISTRY_BIN or "registry", *args,
-    ]  # fmt: skip
+    env = crashstore.janitor_env()
+    cmd = crashstore.janitor_command(reg, "sweep", "--json", *args)
     run = Run()
     trigger = threading.Event()
     with stderr.open("w") as err:
