@@ -118,7 +118,7 @@ def test_timer_loop_with_manual_runs_fired_at_it(
         for i, command in enumerate(
             ["sweep", "prune", "sweep", "gc", "sweep", "prune", "sweep", "gc"]
         ):
-            time.sleep(rng.uniform(0.05, 0.4))
+            time.sleep(rng.uniform(0.0, 0.15))
             args = [] if command == "gc" else template.sweep_args
             manual[tmp_path / f"manual{i}-{command}"] = start(
                 reg, tmp_path / f"manual{i}-{command}", command, *args
