@@ -6,8 +6,9 @@
   leaves only trash, which the next sweep empties. Where a rename is impossible, the `link`
   file goes first (the tag or manifest stops resolving in one step), then the directory; a
   tag directory left without a link is removed later as a leftover.
-- Repository: only the registry's own `_manifests`/`_layers` and an empty `_uploads`, then the
-  directory and its parents while they are empty, so a nested repository below survives.
+- Repository: only the registry's own `_layers`, then `_manifests` (each renamed into the trash
+  in one step) and an empty `_uploads`, then the directory and its parents while they are
+  empty, so a nested repository below survives.
 """
 
 from __future__ import annotations
@@ -135,10 +136,15 @@ def unlink_revision(
     return True
 
 
-def remove_repository(repo: Repository, repositories_dir: Path) -> None:
+def remove_repository(repo: Repository, repositories_dir: Path, trash: Path | None = None) -> None:
     """Remove an empty repository; its directory stays while a nested repository lives in it."""
-    for name in ("_manifests", "_layers"):
-        _rmtree_quiet(repo.path / name)
+    # `_layers` first and whole (one rename into the trash): the registry's catalog lists
+    # every directory holding `_layers`, and the janitor finds repositories by `_manifests`.
+    # A crash between the two then leaves an untouched `_manifests` that the next sweep sees
+    # and finishes removing, never a half-emptied `_layers` that looks freshly pushed to.
+    for name in ("_layers", "_manifests"):
+        if not _to_trash(repo.path / name, trash):
+            _rmtree_quiet(repo.path / name)
     try:
         os.rmdir(repo.path / "_uploads")  # only when empty: never an upload in progress
     except OSError:

@@ -295,7 +295,12 @@ class Janitor:
                         "repository_removed",
                         f"{verb} empty repository {repo.name}",
                         {"repository": repo.name},
-                        partial(executor.remove_repository, repo, self.cfg.repositories_dir),
+                        partial(
+                            executor.remove_repository,
+                            repo,
+                            self.cfg.repositories_dir,
+                            self.trash_dir,
+                        ),
                         "repositories_removed",
                     )
                 )

@@ -243,20 +243,12 @@ class Reference:
     gc_seconds: float
 
 
-def check_final(
-    root: Path,
-    template: Template,
-    reference: Reference,
-    *,
-    tolerate_layers_of: frozenset[str] | set[str] = frozenset(),
-) -> list[str]:
+def check_final(root: Path, template: Template, reference: Reference) -> None:
     """After a completed sweep: no trash, no GC owed, the kept set, every kept tag whole, and
-    the same files as the uninterrupted sweep left. Returns the extra files tolerated: those
-    under `<repo>/_layers/` of the repositories in `tolerate_layers_of` (a known bug, see
-    test_interrupted_removal)."""
+    the same files as the uninterrupted sweep left."""
     assert trash_entries(root) == [], "trash left behind"
     assert not (root / ".registry-janitor.gc-pending").exists(), "GC still owed"
-    assert visible_tags(root) == template.kept_tags()
+    assert visible_tags(root) == template.kept_tags(), (visible_tags(root), template.kept_tags())
     for ref, digest in template.kept.items():
         repo, tag = ref.rsplit(":", 1)
         assert tag_problems(root, repo, tag, digest) == []
@@ -264,9 +256,5 @@ def check_final(
     missing = sorted(set(reference.snapshot) - set(snap))
     extra = sorted(set(snap) - set(reference.snapshot))
     changed = sorted(k for k, v in snap.items() if reference.snapshot.get(k, v) != v)
-    prefixes = tuple(f"registry/v2/repositories/{r}/_layers/" for r in tolerate_layers_of)
-    tolerated = [p for p in extra if prefixes and p.startswith(prefixes)]
-    extra = [p for p in extra if p not in tolerated]
     diff = {"missing": missing, "extra": extra, "changed": changed}
     assert (missing, extra, changed) == ([], [], []), f"differs from an uninterrupted sweep: {diff}"
-    return tolerated

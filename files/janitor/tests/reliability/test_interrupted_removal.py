@@ -1,15 +1,16 @@
 """A SIGKILL inside the removal of an empty repository (found by the SIGKILL trials).
 
-`executor.remove_repository` removes `_manifests`, then `_layers`, then the directories. A
-kill between the two leaves `<repo>/_layers` without `_manifests`. The janitor only counts a
-directory holding `_manifests` as a repository, so no later sweep finishes the removal, while
-registry 2.8's catalog lists every directory holding `_layers`: the repository the janitor set
-out to remove stays in `/v2/_catalog` for good (its tags list is empty; nothing kept is harmed).
+`executor.remove_repository` used to remove `_manifests`, then `_layers`. A kill between the
+two left `<repo>/_layers` without `_manifests`: the janitor only counts a directory holding
+`_manifests` as a repository, so no later sweep finished the removal, while registry 2.8's
+catalog lists every directory holding `_layers`, so the repository stayed in `/v2/_catalog` for
+good. It now removes `_layers` first; this test kills it between the two and checks that the
+next sweep finishes the job.
 
 Found by test_sigkill_sweep trial 41 (seed 20261127041, SIGKILL to the process group right
 after `manifest_unlinked` #7; the kill landed in the repository phase): the next sweep exited
 0 but left `scratch/tmp/_layers/sha256/*/link` behind. Here the kill point is placed exactly,
-in-process, by making the janitor's own rmtree die right after `_manifests` is gone.
+in-process, by making the janitor die right after it moved `_layers` into its trash.
 """
 
 from __future__ import annotations
@@ -30,26 +31,21 @@ class Killed(BaseException):
 def crash_inside_repository_removal(
     reg: Registry, template: crashstore.Template, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = executor._rmtree_quiet
+    real = executor._to_trash
 
-    def dying(path: Path) -> None:
-        real(path)
-        if path.name == "_manifests" and not (path.parent / "_manifests").exists():
-            raise Killed(path)
+    def dying(path: Path, trash: Path | None) -> bool:
+        moved = real(path, trash)
+        if path.name == "_layers":
+            raise Killed(path)  # `_layers` is gone, `_manifests` not yet
+        return moved
 
-    monkeypatch.setattr(executor, "_rmtree_quiet", dying)
+    monkeypatch.setattr(executor, "_to_trash", dying)
     argv = ["prune", "--data-dir", str(reg.root), *template.sweep_args]
     with pytest.raises(Killed):
         cli.main(argv)
     monkeypatch.undo()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="janitor bug: a kill between rmtree(_manifests) and rmtree(_layers) in"
-    " executor.remove_repository leaves <repo>/_layers, which no later sweep sees (store.discover"
-    " needs _manifests) and registry 2.8 keeps listing in /v2/_catalog",
-)
 def test_next_sweep_finishes_an_interrupted_repository_removal(
     template: crashstore.Template,
     reference: crashstore.Reference,
@@ -59,7 +55,7 @@ def test_next_sweep_finishes_an_interrupted_repository_removal(
     reg = template.copy_to(tmp_path / "registry")
     crash_inside_repository_removal(reg, template, monkeypatch)
     scratch = reg.repositories / "scratch" / "tmp"
-    assert (scratch / "_layers").is_dir() and not (scratch / "_manifests").exists()
+    assert (scratch / "_manifests").is_dir() and not (scratch / "_layers").exists()
     again = janitor.run(reg, *template.sweep_args)
     assert again.returncode == 0, again.stderr
     for ref, digest in template.kept.items():  # what matters most holds either way

@@ -195,12 +195,7 @@ def test_sigkill_then_next_sweep(
         pull_kept(reg, template, tmp_path / "pulled", p)
     again = janitor.run(reg, *template.sweep_args)
     assert again.returncode == 0, f"{p}: next sweep failed: {again.stderr}"
-    left = crashstore.check_final(
-        reg.root, template, reference, tolerate_layers_of=template.removed_repositories
-    )
-    if left:
-        OUTCOMES[trial] += ", known bug hit"
-        pytest.xfail(f"{p}: known bug (test_interrupted_removal), left {left}")
+    crashstore.check_final(reg.root, template, reference)
 
 
 def test_kill_points_cover_every_phase() -> None:
