@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help deps venv images up down gc gc-plan lint test-unit test-integration test-janitor \
+.PHONY: help deps venv images bench bench-smoke throughput up down gc gc-plan lint test-unit test-integration test-janitor \
 	test-molecule test clean
 
 help: ## list the targets
@@ -65,8 +65,17 @@ test-molecule: venv images ## every Molecule scenario (create, converge, idempot
 		echo "== molecule $$s: $$(( $$(date +%s) - start )) s"; \
 	done
 
-test: deps venv ## everything CI runs: lint, janitor tests, every Molecule scenario (timed)
-	@set -e; for part in images lint test-janitor test-molecule; do \
+bench: deps venv ## benchmarks at full size (about 20 min): janitor vs seed recipe vs find, slow FS
+	$(BIN)/python bench/run.py --size full
+
+bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; kept tags must survive)
+	$(BIN)/python bench/run.py --size smoke
+
+throughput: ## push/pull of a 1 GiB image through the local cache host (make up first) vs cp
+	python3 bench/throughput.py --size-mib 1024
+
+test: deps venv ## everything CI runs: lint, janitor tests, bench smoke, every Molecule scenario (timed)
+	@set -e; for part in images lint test-janitor bench-smoke test-molecule; do \
 		start=$$(date +%s); $(MAKE) --no-print-directory $$part; \
 		echo "== make $$part: $$(( $$(date +%s) - start )) s"; \
 	done

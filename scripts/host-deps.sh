@@ -12,6 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 declare -A wanted=(
     [dockerd]=docker.io [docker-registry]=docker-registry [skopeo]=skopeo
     [debootstrap]=debootstrap [make]=make [git]=git [npm]=npm [ip]=iproute2
+    [strace]=strace [fusermount3]=fuse3 [/usr/bin/time]=time
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
