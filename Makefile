@@ -65,7 +65,7 @@ test-molecule: venv images ## every Molecule scenario (create, converge, idempot
 		echo "== molecule $$s: $$(( $$(date +%s) - start )) s"; \
 	done
 
-bench: deps venv ## benchmarks at full size (about 20 min): janitor vs seed recipe vs find, slow FS
+bench: deps venv ## benchmarks at full size (20-45 min on 2 cores): janitor vs seed recipe vs find, slow FS
 	$(BIN)/python bench/run.py --size full
 
 bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; kept tags must survive)
