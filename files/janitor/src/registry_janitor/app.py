@@ -28,7 +28,11 @@ def _install_signal_handlers(stop: threading.Event) -> None:
         log.warning(
             "received %s: stopping after the current operation", signal.Signals(signum).name
         )
-        stop.set()
+        # Not stop.set() here: the handler runs in the main thread, which may be inside
+        # stop.wait() holding the event's lock at that moment; set() would then wait for
+        # that lock forever (seen as a hung SIGINT in CI). A helper thread takes the lock
+        # once the main thread lets go of it.
+        threading.Thread(target=stop.set, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
