@@ -14,8 +14,12 @@ from synthetic import Store
 OLD = time.time() - 86400
 
 
+def janitor_at(data_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "registry_janitor", "--data-dir", str(data_dir), *args]
+
+
 def janitor(s: Store, *args: str) -> list[str]:
-    return [sys.executable, "-m", "registry_janitor", "--data-dir", str(s.root), *args]
+    return janitor_at(s.root, *args)
 
 
 def clean_env() -> dict[str, str]:
@@ -149,16 +153,7 @@ def test_missing_store_refuses_and_writes_nothing(tmp_path: Path) -> None:
     data.mkdir()
     for command in ("sweep", "prune", "gc", "report"):
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "registry_janitor",
-                command,
-                "--run-once",
-                "--data-dir",
-                str(data),
-                *fake_registry(tmp_path, "exit 0"),
-            ],
+            janitor_at(data, command, "--run-once", *fake_registry(tmp_path, "exit 0")),
             capture_output=True,
             text=True,
             env=clean_env(),
