@@ -28,14 +28,27 @@ def _install_signal_handlers(stop: threading.Event) -> None:
         log.warning(
             "received %s: stopping after the current operation", signal.Signals(signum).name
         )
-        # Not stop.set() here: the handler runs in the main thread, which may be inside
-        # stop.wait() holding the event's lock at that moment; set() would then wait for
-        # that lock forever (seen as a hung SIGINT in CI). A helper thread takes the lock
-        # once the main thread lets go of it.
-        threading.Thread(target=stop.set, name="stop", daemon=True).start()
+        # Safe in a handler because the main thread never blocks inside the event's own
+        # methods (see _sleep): set() would otherwise wait forever for the lock wait() holds.
+        stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _sleep(stop: threading.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `stop`; True if it was set.
+
+    Polls with time.sleep instead of stop.wait(): a signal handler calling stop.set() while
+    the main thread sits in stop.wait() deadlocks on the event's lock (hung a CI run).
+    """
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, 0.2))
+    return True
 
 
 def _describe(command: str, cfg: Config) -> str:
@@ -127,7 +140,7 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
                 break
             log.info("next sweep in %d s", cfg.interval_secs)
             started = time.monotonic()
-            if stop.wait(cfg.interval_secs):
+            if _sleep(stop, cfg.interval_secs):
                 log.info("stopped after %.0f s of waiting", time.monotonic() - started)
                 break
         return status
