@@ -112,9 +112,9 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
     line = summary(stats, command)
     fields = {"command": command, "ok": stats.ok, **vars(stats)}
     out.record("summary", line, fields, logging.INFO if stats.ok else logging.ERROR)
-    if cfg.metrics_file is not None and not cfg.dry_run and command in ("sweep", "prune"):
+    if cfg.metrics_file is not None and not cfg.dry_run:
         try:
-            metrics.write(cfg.metrics_file, stats)
+            metrics.write(cfg.metrics_file, stats, command=command)
         except OSError as exc:
             log.error("cannot write metrics file %s: %s", cfg.metrics_file, exc)
     return EXIT_OK if stats.ok else EXIT_FAILED

@@ -53,7 +53,9 @@ def read_previous(path: Path) -> dict[str, float]:
     return values
 
 
-def render(stats: SweepStats, previous: dict[str, float], now: float) -> str:
+def render(
+    stats: SweepStats, previous: dict[str, float], now: float, *, command: str = "sweep"
+) -> str:
     result = "success" if stats.ok else "failure"
     samples: dict[str, list[tuple[str, float]]] = {
         "last_run_timestamp_seconds": [("", float(now))],
@@ -78,10 +80,19 @@ def render(stats: SweepStats, previous: dict[str, float], now: float) -> str:
     samples["sweeps_total"] = [
         (
             f'{{result="{r}"}}',
-            previous.get(f'{P}sweeps_total{{result="{r}"}}', 0.0) + (1 if r == result else 0),
+            previous.get(f'{P}sweeps_total{{result="{r}"}}', 0.0)
+            + (1 if r == result and command != "gc" else 0),
         )
         for r in ("success", "failure")
     ]
+    if command == "gc":
+        # A separate `gc` completes the `prune` before it (the deployment runs GC in a
+        # read-only window): it keeps that run's figures and adds its own.
+        for name in ("repositories", "tags", "tags_kept"):
+            samples[name] = [("", previous.get(P + name, 0.0))]
+        samples["sweep_duration_seconds"] = [
+            ("", previous.get(P + "sweep_duration_seconds", 0.0) + stats.duration)
+        ]
     lines: list[str] = []
     for name, (kind, help_text) in METRICS.items():
         lines += [f"# HELP {P}{name} {help_text}", f"# TYPE {P}{name} {kind}"]
@@ -94,8 +105,11 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
 
-def write(path: Path, stats: SweepStats, now: float | None = None) -> None:
-    text = render(stats, read_previous(path), time.time() if now is None else now)
+def write(
+    path: Path, stats: SweepStats, now: float | None = None, *, command: str = "sweep"
+) -> None:
+    previous = read_previous(path)
+    text = render(stats, previous, time.time() if now is None else now, command=command)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

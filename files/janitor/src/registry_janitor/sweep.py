@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from registry_janitor import executor, gc, manifests, retention, store
+from registry_janitor import executor, gc, manifests, pending, retention, store
 from registry_janitor.config import Config
 from registry_janitor.output import Output, human_bytes, iso
 from registry_janitor.policy import Policy, Rule
@@ -309,7 +309,7 @@ class Janitor:
         if not self.cfg.dry_run and any(phases):
             # Written before the first deletion: if GC then fails, is skipped or the process
             # dies, the next sweep still runs GC although it finds nothing new to remove.
-            self.gc_pending_file.touch()
+            pending.mark(self.gc_pending_file, self._sizes_freed(plans))
             self.trash_dir.mkdir(exist_ok=True)
         tags, revisions, leftovers, repositories = phases
         # Tags before revisions: a stop in between leaves revisions for the next sweep, never
@@ -319,6 +319,16 @@ class Janitor:
         for op in repositories:
             self._run(op, stats)
         stats.stopped = self.stop.is_set()
+
+    def _sizes_freed(self, plans: Sequence[RepoPlan]) -> dict[str, int]:
+        """digest -> size of the blobs named by the revisions about to be unlinked."""
+        unlinked = self.reader.read_many(d for p in plans for d in p.unlink)
+        sizes: dict[str, int] = {}
+        for m in unlinked.values():
+            if m is not None:
+                sizes.update((digest, size) for digest, size in m.blobs if size >= 0)
+                sizes[m.digest] = m.size
+        return sizes
 
     def _run(self, op: _Op, stats: SweepStats) -> None:
         # Checked before each operation, never inside one: a signal stops the sweep between
@@ -353,13 +363,15 @@ class Janitor:
         cmd = gc.command(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run)
         self.out.emit("gc_started", f"running {' '.join(cmd)}", command=cmd)
         result = gc.run(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run)
+        # Sizes from this process's reads, and from the prune that wrote the mark (the
+        # deployment runs `prune` and `gc` as separate processes).
+        sizes = {**pending.sizes(self.gc_pending_file), **self.reader.known_sizes()}
         if result.ok and not cfg.dry_run:
-            self.gc_pending_file.unlink(missing_ok=True)
+            pending.clear(self.gc_pending_file)
         stats.gc_ran = True
         stats.gc_ok = result.ok
         stats.gc_message = result.message
         stats.gc_duration = result.duration
-        sizes = self.reader.known_sizes()
         stats.blobs_deleted = len(result.deleted)
         stats.bytes_reclaimed = sum(sizes.get(d, 0) for d in result.deleted)
         stats.blobs_unknown_size = sum(1 for d in result.deleted if d not in sizes)
@@ -421,12 +433,14 @@ def summary(stats: SweepStats, command: str) -> str:
     prefix = f"{command} {'dry run ' if stats.dry_run else ''}done"
     if stats.stopped:
         prefix = f"{command} stopped early"
-    parts = [
-        f"{stats.repositories} repositories",
-        f"{stats.tags_kept} tags kept",
-        f"{stats.tags_deleted} {'to delete' if stats.dry_run else 'deleted'}",
-        f"{stats.manifests_unlinked} manifests {'to unlink' if stats.dry_run else 'unlinked'}",
-    ]
+    parts = []
+    if command != "gc":
+        parts += [
+            f"{stats.repositories} repositories",
+            f"{stats.tags_kept} tags kept",
+            f"{stats.tags_deleted} {'to delete' if stats.dry_run else 'deleted'}",
+            f"{stats.manifests_unlinked} manifests {'to unlink' if stats.dry_run else 'unlinked'}",
+        ]
     if stats.leftovers_removed:
         parts.append(f"{stats.leftovers_removed} leftover tag dirs")
     if stats.repositories_removed:

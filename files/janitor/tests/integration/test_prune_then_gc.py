@@ -1,0 +1,82 @@
+"""`prune` and `gc` as two processes, as the deployment runs them (GC in a read-only window).
+
+The `gc` process has read no manifest itself: the bytes it reports come from the sizes the
+`prune` process left in the GC-pending mark; the metrics count one sweep, not two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import janitor
+import oci
+from registry import pull, push, running
+
+OLD = time.time() - 30 * 86400
+
+
+def _samples(path: Path) -> dict[str, float]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_gc_after_a_separate_prune_reports_the_bytes_and_counts_one_sweep(tmp_path: Path) -> None:
+    layout = oci.Layout(tmp_path / "layout")
+    base = layout.layer({"etc/os-release": b"ID=test\n"})
+    images = {
+        f"t{i}": layout.image([base, layout.layer({f"{i}.bin": os.urandom(50_000)})], label=f"t{i}")
+        for i in range(1, 4)
+    }
+    metrics = tmp_path / "janitor.prom"
+    with running(tmp_path / "registry") as reg:
+        for i, (tag, desc) in enumerate(images.items()):
+            layout.tag(tag, desc)
+            push(layout.path, tag, reg, f"app:{tag}")
+            link = reg.repositories / "app" / "_manifests" / "tags" / tag / "current" / "link"
+            os.utime(link, (OLD + i, OLD + i))
+        reg.age_revisions(OLD)
+        gone = oci.blobs_of(layout, images["t1"]) - oci.blobs_of(layout, images["t2"])
+        gone_bytes = sum(
+            len((layout.path / "blobs" / "sha256" / d.removeprefix("sha256:")).read_bytes())
+            for d in gone
+        )
+
+        pruned = janitor.run(
+            reg, "--keep-last-n", "2", "--metrics-file", str(metrics), command="prune"
+        )
+        assert pruned.returncode == 0, pruned.stderr
+        assert "gc not run" in pruned.stderr
+        mark = reg.root / ".registry-janitor.gc-pending"
+        carried = json.loads(mark.read_text())["sizes"]
+        assert gone <= set(carried), "the mark must carry the sizes of what GC will free"
+        assert all(reg.blob_exists(d) for d in gone)  # nothing collected yet
+
+        collected = janitor.run(reg, "--metrics-file", str(metrics), command="gc")
+        assert collected.returncode == 0, collected.stderr
+        last = collected.stderr.strip().splitlines()[-1]
+        m = re.search(r"gc done: (\d+) blobs / ([\d.]+) KiB reclaimed, gc [\d.]+ s$", last)
+        assert m, last
+        assert "unknown size" not in last
+        assert int(m[1]) == len(gone)
+        assert abs(float(m[2]) * 1024 - gone_bytes) <= 0.05 * 1024 + 0.01 * gone_bytes
+        assert not mark.exists()
+        assert not any(reg.blob_exists(d) for d in gone)
+        for tag in ("t2", "t3"):
+            result = pull(reg, f"app:{tag}", tmp_path / f"pulled-{tag}")
+            assert result.returncode == 0, result.stderr
+
+    samples = _samples(metrics)
+    assert samples['registry_janitor_sweeps_total{result="success"}'] == 1
+    assert samples["registry_janitor_tags_deleted_total"] == 1
+    assert samples["registry_janitor_blobs_deleted_total"] == len(gone)
+    assert samples["registry_janitor_bytes_reclaimed_total"] == gone_bytes
+    assert samples["registry_janitor_repositories"] == 1
+    assert samples["registry_janitor_gc_duration_seconds"] > 0
