@@ -42,7 +42,9 @@ OCI_ACCEPT = (
 )
 UNIQUE_SIZE = 256 * 1024
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-SWEEP_SUMMARY = re.compile(r"sweep done: \d+ repositories, \d+ tags kept, \d+ deleted")
+# registry-cache-sweep runs `prune`, then `gc` (registry read-only): two summary lines.
+SWEEP_SUMMARY = re.compile(r"prune done: \d+ repositories, \d+ tags kept, \d+ deleted")
+GC_SUMMARY = re.compile(r"gc done: .* reclaimed")
 
 START: dict[str, str] = {}
 # What the tests saw the janitor do, for the metrics check at the end.
@@ -175,7 +177,7 @@ UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 def reported_bytes(log: str) -> float:
     """Bytes reclaimed according to the janitor's summary line ("... / 1.5 MiB reclaimed")."""
-    match = re.search(r"sweep done: .*?/ ([0-9.]+) ?(B|KiB|MiB|GiB)\b.*?reclaimed", log)
+    match = re.search(r"gc done: .*?/ ([0-9.]+) ?(B|KiB|MiB|GiB)\b.*?reclaimed", log)
     assert match, log
     return float(match[1]) * UNITS[match[2]]
 
@@ -663,4 +665,4 @@ def test_7b_journal_has_the_sweep_summary(host):
     # Every sweep started through systemd (the ad-hoc one included) left its summary.
     assert SEEN["service_sweeps"] >= 1
     assert len(summaries) == SEEN["service_sweeps"], log
-    assert re.search(r"sweep done: .* reclaimed", log), log
+    assert GC_SUMMARY.search(log), log

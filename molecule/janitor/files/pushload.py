@@ -1,0 +1,186 @@
+"""A bounded push load for the pushes-during-sweeps test: run inside the test host.
+
+    python3 pushload.py OUT.jsonl STOPFILE [--repos 4] [--max-pushes 2000]
+    python3 pushload.py --check OUT.jsonl STATE.json
+
+
+Pushes one image after another with skopeo until STOPFILE exists, round robin over
+load/r0..rN. Each image has three layers: one shared by every image, one reused from an image
+pushed 20-120 pushes earlier (by then pruned and unlinked by the sweeps, so its layer is
+exactly what garbage-collect is about to delete) and one of fresh random bytes. One JSON line
+per push: ref, manifest digest, every blob, ok, error, start and end time.
+
+--check pulls, by digest and completely (skopeo verifies every blob), every successful push
+not checked before (STATE.json remembers them), and prints a JSON summary; a manifest the
+registry no longer has counts as lost.
+"""
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+REGISTRY = "127.0.0.1:5000"
+
+
+def layer(name, payload):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0), "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def write_layout(path, tag, layers):
+    """layers: [(gz bytes, diff_id)]; returns (manifest digest, {blob digest: size})."""
+    shutil.rmtree(path, ignore_errors=True)
+    blobs_dir = path / "blobs" / "sha256"
+    blobs_dir.mkdir(parents=True)
+    blobs = {}
+
+    def blob(data):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (blobs_dir / digest[7:]).write_bytes(data)
+        blobs[digest] = len(data)
+        return digest
+
+    descs = [{"mediaType": OCI_LAYER, "digest": blob(gz), "size": len(gz)} for gz, _ in layers]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": blob(config), "size": len(config)},
+            "layers": descs,
+        }
+    ).encode()
+    top = blob(manifest)
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": top,
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (path / "index.json").write_text(json.dumps(index))
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return top, blobs
+
+
+def manifest_status(repo, digest):
+    req = urllib.request.Request(
+        f"http://{REGISTRY}/v2/{repo}/manifests/{digest}",
+        method="HEAD",
+        headers={"Accept": OCI_MANIFEST},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def check(out_path, state_path):
+    state = json.loads(Path(state_path).read_text()) if Path(state_path).exists() else {}
+    checked = set(state.get("checked", []))
+    summary = {"checked": 0, "pulled": 0, "lost": [], "broken": [], "pushes": 0, "refused": 0}
+    dest = Path("/var/tmp/pushload/pull")
+    for line in Path(out_path).read_text().splitlines():
+        rec = json.loads(line)
+        summary["pushes"] += 1
+        summary["refused"] += not rec["ok"]
+        if not rec["ok"] or str(rec["n"]) in checked:
+            continue
+        checked.add(str(rec["n"]))
+        summary["checked"] += 1
+        repo = rec["ref"].split(":")[0]
+        if manifest_status(repo, rec["digest"]) != 200:
+            summary["lost"].append(rec["ref"])
+            continue
+        shutil.rmtree(dest, ignore_errors=True)
+        result = subprocess.run(
+            ["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests",
+             "--src-tls-verify=false", f"docker://{REGISTRY}/{repo}@{rec['digest']}", f"oci:{dest}:x"],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        if result.returncode == 0:
+            summary["pulled"] += 1
+        else:
+            summary["broken"].append({"ref": rec["ref"], "error": result.stderr.strip()[-300:]})
+    state["checked"] = sorted(checked)
+    Path(state_path).write_text(json.dumps(state))
+    print(json.dumps(summary))
+    return 0
+
+
+def main():
+    if sys.argv[1:2] == ["--check"]:
+        return check(sys.argv[2], sys.argv[3])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("stop")
+    ap.add_argument("--repos", type=int, default=4)
+    ap.add_argument("--max-pushes", type=int, default=2000)
+    args = ap.parse_args()
+    work = Path("/var/tmp/pushload")
+    shared = layer("shared.txt", b"the layer every load image shares\n")
+    uniques = []  # the random layer of every push so far, by push number
+    with open(args.out, "a", buffering=1) as out:
+        for n in range(args.max_pushes):
+            if os.path.exists(args.stop):
+                break
+            own = layer(f"own-{n}.bin", os.urandom(16 * 1024))
+            reused = uniques[n - random.randint(20, 120)] if n >= 120 else shared
+            uniques.append(own)
+            ref = f"load/r{n % args.repos}:p{n:05d}"
+            top, blobs = write_layout(work / "layout", "x", [shared, reused, own])
+            start = time.time()
+            result = subprocess.run(
+                ["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests",
+                 "--dest-tls-verify=false", f"oci:{work / 'layout'}:x", f"docker://{REGISTRY}/{ref}"],
+                capture_output=True, text=True, check=False, timeout=120,
+            )  # fmt: skip
+            record = {
+                "n": n,
+                "ref": ref,
+                "digest": top,
+                "blobs": blobs,
+                "ok": result.returncode == 0,
+                "error": result.stderr.strip()[-300:],
+                "start": start,
+                "end": time.time(),
+            }
+            out.write(json.dumps(record) + "\n")
+            if not record["ok"]:
+                time.sleep(0.2)  # refused (read-only window): do not spin
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Issue 6, item 1: pushes go on while sweeps with garbage-collect run.
+
+A bounded load (files/pushload.py, skopeo inside the host) pushes images continuously into
+load/r0..r3 while 20 sweeps run through registry-janitor.service. Each image reuses a layer
+of an image pushed 20-120 pushes earlier, which the sweeps are pruning and collecting: the
+case where a push that finds a layer "already there" races GC deleting it. After every sweep,
+every push that reported success since the last check must pull completely by digest; at the
+end every kept tag must. Writes are refused, not corrupted, during the read-only GC window,
+and the journal says for how long.
+
+PUSHLOAD_GC_WINDOW=none runs the same load against the unsafe mode (for docs/reliability.md;
+it records what breaks instead of failing). Figures land in
+$MOLECULE_PROJECT_DIRECTORY/.cache/pushload-<window>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from pathlib import Path
+
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("registry_cache")
+
+SWEEPS = int(os.environ.get("PUSHLOAD_SWEEPS", "20"))
+WINDOW = os.environ.get("PUSHLOAD_GC_WINDOW", "readonly")
+LOAD = "/usr/local/lib/molecule-janitor/pushload.py"
+WORK = "/var/tmp/pushload"
+OUT, STOP, STATE = f"{WORK}/out.jsonl", f"{WORK}/stop", f"{WORK}/checked.json"
+SCRIPT = "/usr/local/sbin/registry-cache-sweep"
+V2 = "/var/lib/registry-cache/data/docker/registry/v2"
+# Revisions of load images older than this many seconds are moved two hours back before each
+# sweep, so the janitor's one-hour grace for unreachable revisions lets it collect them now.
+AGE_AFTER = 20
+AGE_LOAD = f"""
+import glob, os, sys, time
+now = time.time()
+for link in glob.glob("{V2}/repositories/load/*/_manifests/revisions/sha256/*/link"):
+    try:
+        if now - os.lstat(link).st_mtime > {AGE_AFTER}:
+            os.utime(link, (now - 7200, now - 7200))
+    except FileNotFoundError:
+        pass
+"""
+REFUSED_FOR = re.compile(r"pushes refused for ([0-9.]+) s")
+
+
+def sh(host, script: str) -> str:
+    result = host.run(script)
+    assert result.rc == 0, f"{script}\n--- rc {result.rc}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def journal_since(host, cursor: str) -> str:
+    return sh(
+        host,
+        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
+        "-o cat --no-pager",
+    )
+
+
+def cursor_now(host) -> str:
+    return (
+        sh(host, "journalctl -n 0 --show-cursor -q --no-pager").strip().removeprefix("-- cursor: ")
+    )
+
+
+def check_pushes(host) -> dict:
+    return json.loads(sh(host, f"python3 {LOAD} --check {OUT} {STATE}").strip().splitlines()[-1])
+
+
+def test_pushes_during_sweeps_pull_completely(host):
+    sh(host, f"rm -rf {WORK} && mkdir -p {WORK}")
+    if WINDOW != "readonly":
+        sh(host, f"sed -i 's/^GC_WINDOW=.*/GC_WINDOW={WINDOW}/' {SCRIPT}")
+    sh(
+        host,
+        "systemd-run --quiet --unit=molecule-pushload --collect "
+        f"python3 {LOAD} {OUT} {STOP} --repos 4",
+    )
+    windows, gc_runs, broken, lost, checked = [], 0, [], [], 0
+    started = time.monotonic()
+    try:
+        time.sleep(15)  # a first batch of pushes to prune
+        for _ in range(SWEEPS):
+            sh(host, f"python3 -c {shlex.quote(AGE_LOAD)}")
+            cursor = cursor_now(host)
+            result = host.run("systemctl start registry-janitor.service")
+            log = journal_since(host, cursor)
+            assert result.rc == 0, log
+            gc_runs += "gc done:" in log
+            windows += [float(x) for x in REFUSED_FOR.findall(log)]
+            summary = check_pushes(host)
+            broken += summary["broken"]
+            lost += summary["lost"]
+            checked += summary["checked"]
+    finally:
+        sh(host, f"touch {STOP}")
+        for _ in range(120):
+            if host.run("systemctl is-active --quiet molecule-pushload").rc != 0:
+                break
+            time.sleep(1)
+        if WINDOW != "readonly":
+            sh(host, f"sed -i 's/^GC_WINDOW=.*/GC_WINDOW=readonly/' {SCRIPT}")
+    elapsed = time.monotonic() - started
+
+    # The load has stopped: one more sweep, then every push since the last check and every
+    # tag the policy kept must pull completely.
+    sh(host, "systemctl start registry-janitor.service")
+    final = check_pushes(host)
+    broken += final["broken"]
+    lost += final["lost"]
+    checked += final["checked"]
+    kept_refs = []
+    for r in range(4):
+        out = host.run(f"curl -sf http://127.0.0.1:5000/v2/load/r{r}/tags/list").stdout
+        kept_refs += [f"load/r{r}:{t}" for t in (json.loads(out or "{}").get("tags") or [])]
+    kept_broken = []
+    for ref in kept_refs:
+        pulled = host.run(
+            f"rm -rf {WORK}/kept && skopeo --insecure-policy copy -q --src-tls-verify=false "
+            f"docker://127.0.0.1:5000/{ref} oci:{WORK}/kept:x"
+        )
+        if pulled.rc != 0:
+            kept_broken.append({"ref": ref, "error": pulled.stderr[-300:]})
+
+    figures = {
+        "gc_window": WINDOW,
+        "sweeps": SWEEPS,
+        "sweeps_with_gc": gc_runs,
+        "seconds": round(elapsed, 1),
+        "pushes": final["pushes"],
+        "pushes_refused": final["refused"],
+        "pushes_checked": checked,
+        "lost": len(lost),
+        "broken": len(broken),
+        "kept_tags": len(kept_refs),
+        "kept_broken": len(kept_broken),
+        "write_unavailable_s": {
+            "min": min(windows, default=0),
+            "median": sorted(windows)[len(windows) // 2] if windows else 0,
+            "max": max(windows, default=0),
+        },
+        "examples": (broken + lost + kept_broken)[:5],
+    }
+    project = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
+    (project / ".cache").mkdir(exist_ok=True)
+    (project / ".cache" / f"pushload-{WINDOW}.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+
+    assert gc_runs >= SWEEPS, figures
+    assert checked >= 50, figures  # the load really ran alongside
+    assert len(kept_refs) == 8, figures  # 4 repositories x KEEP_LAST_N 2
+    if WINDOW == "readonly":
+        assert len(windows) >= SWEEPS, figures
+        assert (broken, lost, kept_broken) == ([], [], []), figures
