@@ -14,7 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry_janitor.store import DIGEST, pmap
+from registry_janitor.store import DIGEST, pmap_batched
 
 _MANIFEST_MAX = 4 * 1024 * 1024  # the registry refuses larger manifests
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
@@ -93,10 +93,7 @@ class ManifestReader:
                 os.close(self._dir_fd)
                 self._dir_fd = None
 
-    def _read(self, digest: str) -> Manifest | None:
-        with self._lock:
-            if digest in self._cache:
-                return self._cache[digest]
+    def _load(self, digest: str) -> Manifest | None:
         hexpart = digest.removeprefix("sha256:")
         try:
             dir_fd = self._blobs_fd()
@@ -107,17 +104,45 @@ class ManifestReader:
                 raw = os.read(fd, _MANIFEST_MAX + 1)
             finally:
                 os.close(fd)
-            manifest = parse(digest, raw) if len(raw) <= _MANIFEST_MAX else None
+            return parse(digest, raw) if len(raw) <= _MANIFEST_MAX else None
         except OSError:
-            manifest = None
+            return None
+
+    def _read(self, digest: str) -> Manifest | None:
+        with self._lock:
+            if digest in self._cache:
+                return self._cache[digest]
+        manifest = self._load(digest)
         with self._lock:
             self._cache[digest] = manifest
             self.reads += 1
         return manifest
 
+    def _sizes_of(self, digest: str) -> Manifest | None:
+        with self._lock:
+            if digest in self._cache:
+                return self._cache[digest]
+        manifest = self._load(digest)
+        with self._lock:
+            self.reads += 1
+        return manifest
+
+    def blob_sizes(self, digests: Iterable[str]) -> dict[str, int]:
+        """digest -> size of the manifests `digests` and of every blob they name.
+
+        Reads concurrently like `read_many` but keeps nothing parsed: for the manifests about
+        to be unlinked, whose sizes say what GC will free (a large store has many).
+        """
+        sizes: dict[str, int] = {}
+        for m in pmap_batched(self.pool, self._sizes_of, sorted(set(digests))):
+            if m is not None:
+                sizes.update((d, size) for d, size in m.blobs if size >= 0)
+                sizes[m.digest] = m.size
+        return sizes
+
     def read_many(self, digests: Iterable[str]) -> dict[str, Manifest | None]:
         todo = sorted(set(digests))
-        return dict(zip(todo, pmap(self.pool, self._read, todo), strict=True))
+        return dict(zip(todo, pmap_batched(self.pool, self._read, todo), strict=True))
 
     def known_sizes(self) -> dict[str, int]:
         """digest -> size for every blob named by a manifest read so far (and the manifests)."""

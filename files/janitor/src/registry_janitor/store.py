@@ -74,6 +74,24 @@ def pmap(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> Ite
     return pool.map(fn, items) if pool is not None else map(fn, items)
 
 
+# Items one pool task handles in a row: a future per item costs more CPU than a stat or a
+# small read on a local disk (hundreds of thousands on a large store).
+BATCH = 64
+
+
+def pmap_batched(
+    pool: Executor | None, fn: Callable[[T], R], items: Iterable[T], workers: int = 10
+) -> Iterator[R]:
+    """pmap() with items grouped into batches; smaller batches when there are few items, so
+    every one of `workers` threads still gets a share."""
+    todo = list(items)
+    if pool is None:
+        return map(fn, todo)
+    size = max(1, min(BATCH, len(todo) // (4 * workers)))
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    return (r for batch in pool.map(lambda b: [fn(x) for x in b], batches) for r in batch)
+
+
 def _entries(path: Path, *, follow: bool = False) -> list[tuple[str, bool]]:
     """(name, is a directory and not a symlink) for each entry of `path`.
 
@@ -163,10 +181,9 @@ def discover(repositories_dir: Path, pool: Executor | None = None) -> list[_Dir]
     return found
 
 
-def _tag_record(args: tuple[str, str, int]) -> tuple[Tag | None, str | None]:
+def _tag_record(repo: str, name: str, root_fd: int) -> tuple[Tag | None, str | None]:
     # Paths are relative to an open repositories directory: on a network filesystem every
     # path component can cost a lookup, and this skips the `docker/registry/v2/...` prefix.
-    repo, name, root_fd = args
     tag_dir = f"{repo}/_manifests/tags/{name}"
     try:
         digest, mtime = read_link(f"{tag_dir}/current/link", dir_fd=root_fd)
@@ -177,6 +194,18 @@ def _tag_record(args: tuple[str, str, int]) -> tuple[Tag | None, str | None]:
     except OSError as exc:
         return None, f"cannot read tag {name}: {exc.strerror or exc}"
     return Tag(repo, name, digest, mtime), None
+
+
+def lstat_mtime(path: str, dir_fd: int | None = None) -> float | None:
+    """mtime of `path` (not following a symlink), None when it cannot be stat'ed.
+
+    With `dir_fd` the path is resolved from an open directory: fewer lookups on a network
+    filesystem than a path from the store root.
+    """
+    try:
+        return os.lstat(path, dir_fd=dir_fd).st_mtime
+    except OSError:
+        return None
 
 
 def _read_repository(d: _Dir) -> tuple[Repository, list[str]]:
@@ -210,12 +239,13 @@ def scan(repositories_dir: Path, pool: Executor | None = None) -> list[Repositor
     if read:
         root_fd = os.open(repositories_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            jobs = [(r.name, t, root_fd) for r, names in read for t in names]
-            for job, (tag, err) in zip(jobs, pmap(pool, _tag_record, jobs), strict=True):
+            jobs = [(r.name, name) for r, names in read for name in names]
+            records = pmap_batched(pool, lambda job: _tag_record(*job, root_fd), jobs)
+            for (name, _), (tag, err) in zip(jobs, records, strict=True):
                 if tag is not None:
-                    tags.setdefault(job[0], []).append(tag)
+                    tags.setdefault(name, []).append(tag)
                 if err is not None:
-                    errors.setdefault(job[0], []).append(err)
+                    errors.setdefault(name, []).append(err)
         finally:
             os.close(root_fd)
     out = []

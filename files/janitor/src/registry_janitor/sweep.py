@@ -10,10 +10,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from registry_janitor import executor, gc, manifests, pending, retention, store
@@ -96,13 +95,6 @@ class SweepStats:
         return self.errors == 0 and self.gc_ok
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return os.lstat(path).st_mtime
-    except OSError:
-        return None
-
-
 def _decide(repo: store.Repository, rule: Rule, now: float) -> RepoPlan:
     plan = RepoPlan(repo, rule)
     if not repo.complete:
@@ -123,13 +115,37 @@ def plan_all(
     *,
     unlink_untagged: bool,
     pool: Executor | None = None,
+    repositories_dir: Path | None = None,
 ) -> list[RepoPlan]:
     """Decide everything for every repository; reads, never writes.
 
     The I/O is batched across repositories (one manifest walk, one batch of stats), so on a
     slow filesystem the number of sequential round-trip waves does not grow with the number
-    of repositories.
+    of repositories. With `repositories_dir`, stats are relative to it (repository names
+    are paths below it), as the scan does: fewer lookups per stat.
     """
+    root_fd = os.open(repositories_dir, os.O_RDONLY | os.O_DIRECTORY) if repositories_dir else None
+    try:
+        return _plan_all(repos, policy, now, reader, unlink_untagged, pool, root_fd)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+
+
+def _plan_all(
+    repos: Sequence[store.Repository],
+    policy: Policy,
+    now: float,
+    reader: manifests.ManifestReader,
+    unlink_untagged: bool,
+    pool: Executor | None,
+    root_fd: int | None,
+) -> list[RepoPlan]:
+    def mtime(repo: store.Repository, below: str) -> float | None:
+        if root_fd is None:
+            return store.lstat_mtime(str(repo.path / below))
+        return store.lstat_mtime(f"{repo.name}/{below}", root_fd)
+
     plans = [_decide(r, policy.rule_for(r.name), now) for r in repos]
     active = [p for p in plans if p.repository.complete]
     if unlink_untagged:
@@ -149,14 +165,22 @@ def plan_all(
         # still under way: untagged revisions must have been quiet for a while. One stat per
         # candidate only, never per revision.
         aging = [(p, d) for p in active for d in p.unlink]
-        links = [executor.revision_dir(p.repository, d) / "link" for p, d in aging]
-        for (p, d), mtime in zip(aging, store.pmap(pool, _mtime, links), strict=True):
-            if mtime is not None and now - mtime < max(p.rule.keep_min_age, UNTAGGED_MIN_AGE):
-                p.unlink.remove(d)
-            elif mtime is not None:
-                p.unlink_mtimes[d] = mtime
-        # Their descriptors give the sizes of the blobs GC will free.
-        reader.read_many(d for p in active for d in p.unlink)
+        jobs = [
+            (p.repository, f"_manifests/revisions/sha256/{d.removeprefix('sha256:')}/link")
+            for p, d in aging
+        ]
+        stats = store.pmap_batched(pool, lambda job: mtime(*job), jobs)
+        young: dict[int, set[str]] = {}
+        for (p, d), seen in zip(aging, stats, strict=True):
+            if seen is not None and now - seen < max(p.rule.keep_min_age, UNTAGGED_MIN_AGE):
+                young.setdefault(id(p), set()).add(d)
+            elif seen is not None:
+                p.unlink_mtimes[d] = seen
+        for p in active:
+            if id(p) in young:
+                p.unlink = [d for d in p.unlink if d not in young[id(p)]]
+        # The sizes of the blobs GC will free are read by `_apply` (for the GC-pending mark),
+        # not here: a dry run does not need them.
     empty = []
     for p in active:
         going = {d.tag for d in p.deleted} | set(p.leftovers)
@@ -164,20 +188,33 @@ def plan_all(
         left_revisions = p.repository.revisions - set(p.unlink)
         if not left_tags and not left_revisions and p.repository.uploads == 0:
             empty.append(p)
-    layers = [p.repository.path / "_layers" / "sha256" for p in empty]
-    for p, mtime in zip(empty, store.pmap(pool, _mtime, layers), strict=True):
+    layers = store.pmap_batched(pool, lambda p: mtime(p.repository, "_layers/sha256"), empty)
+    for p, seen in zip(empty, layers, strict=True):
         # A push links its layers before it uploads the manifest: wait for a quiet `_layers`.
-        p.remove_repository = mtime is None or now - mtime >= EMPTY_REPOSITORY_AGE
+        p.remove_repository = seen is None or now - seen >= EMPTY_REPOSITORY_AGE
     return plans
 
 
-@dataclass
-class _Op:
-    event: str
-    text: str
-    fields: dict[str, object]
-    fn: Callable[[], object]
-    counter: str
+# An operation of `_apply`: kind "tag" (item: TagDecision), "revision" (item: digest),
+# "leftover" (item: Tag) or "repository" (item: None). A tuple, since a large store has
+# hundreds of thousands; the log text is made only when the operation is recorded.
+_Op = tuple[str, RepoPlan, object]
+
+_EVENTS = {
+    "tag": ("tag_deleted", "tags_deleted"),
+    "revision": ("manifest_unlinked", "manifests_unlinked"),
+    "leftover": ("leftover_removed", "leftovers_removed"),
+    "repository": ("repository_removed", "repositories_removed"),
+}
+
+# Operations one pool task applies in a row (fewer futures on a large store); smaller when a
+# phase is short, so every worker still gets a share.
+APPLY_BATCH = 64
+
+
+def _batches(ops: Sequence[_Op], workers: int) -> list[Sequence[_Op]]:
+    size = max(1, min(APPLY_BATCH, len(ops) // (4 * max(workers, 1))))
+    return [ops[i : i + size] for i in range(0, len(ops), size)]
 
 
 class Janitor:
@@ -217,6 +254,7 @@ class Janitor:
             self.reader,
             unlink_untagged=cfg.gc_delete_untagged,
             pool=self.pool,
+            repositories_dir=cfg.repositories_dir,
         )
         t2 = time.monotonic()
         stats.repositories = len(repos)
@@ -239,122 +277,127 @@ class Janitor:
         )
 
     def _apply(self, plans: Sequence[RepoPlan], stats: SweepStats) -> None:
-        verb = "would delete" if self.cfg.dry_run else "deleted"
-        phases: list[list[_Op]] = [[], [], [], []]
+        tags: list[_Op] = []
+        revisions: list[_Op] = []
+        leftovers: list[_Op] = []
+        repositories: list[_Op] = []
         for p in plans:
-            repo = p.repository
-            for d in p.deleted:
-                t = d.tag
-                phases[0].append(
-                    _Op(
-                        "tag_deleted",
-                        f"{verb} tag {repo.name}:{t.name} ({d.reason}, pushed {iso(t.mtime)},"
-                        f" {t.digest})",
-                        {
-                            "repository": repo.name,
-                            "tag": t.name,
-                            "digest": t.digest,
-                            "reason": d.reason,
-                            "pushed": iso(t.mtime),
-                        },
-                        partial(executor.delete_tag, repo, t.name, self.trash_dir, t.mtime),
-                        "tags_deleted",
-                    )
-                )
-            for digest in p.unlink:
-                phases[1].append(
-                    _Op(
-                        "manifest_unlinked",
-                        f"{'would unlink' if self.cfg.dry_run else 'unlinked'} manifest"
-                        f" {repo.name}@{digest} (no remaining tag reaches it)",
-                        {"repository": repo.name, "digest": digest},
-                        partial(
-                            executor.unlink_revision,
-                            repo,
-                            digest,
-                            self.trash_dir,
-                            p.unlink_mtimes.get(digest),
-                        ),
-                        "manifests_unlinked",
-                    )
-                )
-            for t in p.leftovers:
-                phases[2].append(
-                    _Op(
-                        "leftover_removed",
-                        f"{verb} leftover tag directory {repo.name}:{t.name} (no current/link"
-                        f" since {iso(t.mtime)})",
-                        {"repository": repo.name, "tag": t.name},
-                        partial(executor.remove_leftover_tag, repo, t.name),
-                        "leftovers_removed",
-                    )
-                )
+            tags += (("tag", p, d) for d in p.deleted)
+            revisions += (("revision", p, d) for d in p.unlink)
+            leftovers += (("leftover", p, t) for t in p.leftovers)
             if p.remove_repository:
-                phases[3].append(
-                    _Op(
-                        "repository_removed",
-                        f"{verb} empty repository {repo.name}",
-                        {"repository": repo.name},
-                        partial(
-                            executor.remove_repository,
-                            repo,
-                            self.cfg.repositories_dir,
-                            self.trash_dir,
-                        ),
-                        "repositories_removed",
-                    )
-                )
+                repositories.append(("repository", p, None))
         # Deepest repositories first, so a parent emptied by its child's removal can follow.
-        phases[3].sort(key=lambda op: -str(op.fields["repository"]).count("/"))
-        if not self.cfg.dry_run and any(phases):
+        repositories.sort(key=lambda op: -op[1].repository.name.count("/"))
+        phases = (tags, revisions, leftovers)
+        if self.cfg.dry_run:
+            # Nothing to wait for: named from this thread, in order, without the pool.
+            for op in (op for phase in (*phases, repositories) for op in phase):
+                if self.stop.is_set():
+                    break
+                self._run(op, stats)
+            stats.stopped = self.stop.is_set()
+            return
+        if any(phases) or repositories:
             # Written before the first deletion: if GC then fails, is skipped or the process
             # dies, the next sweep still runs GC although it finds nothing new to remove.
             pending.mark(self.gc_pending_file, self._sizes_freed(plans))
             self.trash_dir.mkdir(exist_ok=True)
-        tags, revisions, leftovers, repositories = phases
         # Tags before revisions: a stop in between leaves revisions for the next sweep, never
         # a tag pointing at an unlinked manifest. Repositories one at a time, deepest first.
-        for phase in (tags, revisions, leftovers):
-            list(self.pool.map(lambda op: self._run(op, stats), phase))
+        for phase in phases:
+            batches = _batches(phase, self.cfg.concurrency)
+            list(self.pool.map(lambda ops: self._run_batch(ops, stats), batches))
         for op in repositories:
             self._run(op, stats)
         stats.stopped = self.stop.is_set()
 
     def _sizes_freed(self, plans: Sequence[RepoPlan]) -> dict[str, int]:
         """digest -> size of the blobs named by the revisions about to be unlinked."""
-        unlinked = self.reader.read_many(d for p in plans for d in p.unlink)
-        sizes: dict[str, int] = {}
-        for m in unlinked.values():
-            if m is not None:
-                sizes.update((digest, size) for digest, size in m.blobs if size >= 0)
-                sizes[m.digest] = m.size
-        return sizes
+        # Not kept parsed: a large sweep unlinks ~100,000 manifests.
+        return self.reader.blob_sizes(d for p in plans for d in p.unlink)
+
+    def _run_batch(self, ops: Sequence[_Op], stats: SweepStats) -> None:
+        for op in ops:
+            self._run(op, stats)
+
+    def _describe(self, op: _Op) -> tuple[str, dict[str, object]]:
+        kind, p, item = op
+        repo = p.repository.name
+        verb = "would delete" if self.cfg.dry_run else "deleted"
+        if kind == "tag":
+            assert isinstance(item, retention.TagDecision)
+            t = item.tag
+            return (
+                f"{verb} tag {repo}:{t.name} ({item.reason}, pushed {iso(t.mtime)}, {t.digest})",
+                {
+                    "repository": repo,
+                    "tag": t.name,
+                    "digest": t.digest,
+                    "reason": item.reason,
+                    "pushed": iso(t.mtime),
+                },
+            )
+        if kind == "revision":
+            verb = "would unlink" if self.cfg.dry_run else "unlinked"
+            text = f"{verb} manifest {repo}@{item} (no remaining tag reaches it)"
+            return text, {"repository": repo, "digest": item}
+        if kind == "leftover":
+            assert isinstance(item, store.Tag)
+            since = iso(item.mtime)
+            text = (
+                f"{verb} leftover tag directory {repo}:{item.name} (no current/link since {since})"
+            )
+            return text, {"repository": repo, "tag": item.name}
+        return f"{verb} empty repository {repo}", {"repository": repo}
+
+    def _execute(self, op: _Op) -> object:
+        # Looked up in `executor` at call time (the tests replace these functions).
+        kind, p, item = op
+        repo = p.repository
+        if kind == "tag":
+            assert isinstance(item, retention.TagDecision)
+            return executor.delete_tag(repo, item.tag.name, self.trash_dir, item.tag.mtime)
+        if kind == "revision":
+            assert isinstance(item, str)
+            return executor.unlink_revision(repo, item, self.trash_dir, p.unlink_mtimes.get(item))
+        if kind == "leftover":
+            assert isinstance(item, store.Tag)
+            executor.remove_leftover_tag(repo, item.name)
+        else:
+            executor.remove_repository(repo, self.cfg.repositories_dir, self.trash_dir)
+        return None
 
     def _run(self, op: _Op, stats: SweepStats) -> None:
         # Checked before each operation, never inside one: a signal stops the sweep between
         # two tags, not halfway through a tag.
         if self.stop.is_set():
             return
+        event, counter = _EVENTS[op[0]]
         if not self.cfg.dry_run:
             try:
-                if op.fn() is False:
+                if self._execute(op) is False:
                     # Pushed again since the scan (same tag or manifest): it stays.
+                    text, fields = self._describe(op)
                     self.out.record(
                         "skipped",
-                        f"kept after all, changed since the scan: {op.text}",
-                        op.fields,
+                        f"kept after all, changed since the scan: {text}",
+                        fields,
                         logging.WARNING,
                     )
                     return
             except OSError as exc:
-                fields = {**op.fields, "error": str(exc)}
-                self.out.record("error", f"failed: {op.text}: {exc}", fields, logging.ERROR)
+                text, fields = self._describe(op)
+                fields = {**fields, "error": str(exc)}
+                self.out.record("error", f"failed: {text}: {exc}", fields, logging.ERROR)
                 with self._stats_lock:
                     stats.errors += 1
                 return
         with self._stats_lock:  # ops run on several threads
-            setattr(stats, op.counter, getattr(stats, op.counter) + 1)
-        self.out.record(op.event, op.text, {**op.fields, "dry_run": self.cfg.dry_run})
+            setattr(stats, counter, getattr(stats, counter) + 1)
+        text, fields = self._describe(op)
+        fields["dry_run"] = self.cfg.dry_run
+        self.out.record(event, text, fields)
 
     # -- gc ----------------------------------------------------------------------------
     def gc(self, stats: SweepStats) -> None:
