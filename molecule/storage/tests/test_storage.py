@@ -1,0 +1,161 @@
+"""The Storage Box goes missing and comes back (issue 6 item 3), checked inside the host.
+
+The share is a stand-in: mnt-storagebox.mount mounts /srv/storagebox-standin through a
+mount helper that fails like mount.cifs while the directory is missing (see prepare.yml). A trial takes the share away the way a Storage Box outage at boot looks to
+systemd: the mount is stopped and its source is gone, so every start of the mount fails.
+Then: the registry is down and does not start, the janitor refuses, the journal says why,
+nothing lands under the empty mount point. The source comes back and, with no systemctl
+from the test, the retry timer mounts it and the registry answers and takes pushes again.
+The time from "source back" to "registry answers" is measured in every trial.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]
+).get_hosts("registry_cache")
+
+MOUNT = "/mnt/storagebox"
+MOUNT_UNIT = "mnt-storagebox.mount"
+STANDIN = "/srv/storagebox-standin"
+AWAY = "/srv/storagebox-standin.away"
+DATA = f"{MOUNT}/registry"
+V2 = "http://127.0.0.1:5000/v2/"
+COMPOSE = "docker compose -p registry-cache -f /opt/registry-cache/compose.yml"
+# storagebox_mount_retry_on_calendar in molecule.yml: every 5 s.
+RETRY_SECONDS = 5
+# Resuming takes one retry period plus `docker compose up --wait` (the registry's health
+# check starts after 1 s); anything near this limit is a regression.
+RESUME_LIMIT_SECONDS = 60
+TRIALS = 3
+FIGURES = Path(__file__).resolve().parents[3] / ".cache" / "molecule-storage-resume.json"
+
+
+def push(host, tag):
+    """Builds a one-file image, pushes it, pulls it back; returns the result."""
+    image = f"127.0.0.1:5000/storage/probe:{tag}"
+    return host.run(
+        f"""
+set -eu
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+echo "{tag} $(date +%s%N)" > "$dir/probe.txt"
+printf 'FROM scratch\\nCOPY probe.txt /probe.txt\\n' > "$dir/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t {image} "$dir" >/dev/null
+docker push -q {image} >/dev/null
+docker image rm {image} >/dev/null
+docker pull -q {image} >/dev/null
+"""
+    )
+
+
+def journal(host, unit, since):
+    return host.run(f"journalctl --no-pager -o cat -u {unit} --since @{since}").stdout
+
+
+def test_registry_serves_from_the_mounted_share(host):
+    assert host.run(f"mountpoint -q {MOUNT}").rc == 0
+    assert host.service("registry-cache.service").is_running
+    wants = host.check_output(f"systemctl show {MOUNT_UNIT} -p Wants --value").split()
+    assert "registry-cache.service" in wants
+    requires = host.check_output("systemctl show registry-cache.service -p RequiresMountsFor")
+    assert DATA in requires
+    timer = host.service("storagebox-mount-retry.timer")
+    assert timer.is_enabled and timer.is_running
+    result = push(host, "before")
+    assert result.rc == 0, result.stdout + result.stderr
+    # The data is on the share, not on the root disk.
+    assert host.file(
+        f"{STANDIN}/registry/docker/registry/v2/repositories/storage/probe"
+    ).is_directory
+
+
+@pytest.mark.parametrize("trial", range(1, TRIALS + 1))
+def test_missing_share_stops_everything_and_its_return_resumes_it(host, trial):
+    since = host.check_output("date +%s")
+    # The Storage Box goes away: the share's source disappears and the mount is stopped
+    # (as after a reboot with the box down). registry-cache.service is stopped before it.
+    host.run_expect([0], f"mv -T {STANDIN} {AWAY} && systemctl stop {MOUNT_UNIT}")
+    assert host.run(f"mountpoint -q {MOUNT}").rc != 0
+    assert not host.service("registry-cache.service").is_running
+    assert host.run(f"curl -fsS -o /dev/null --max-time 5 {V2}").rc != 0
+
+    # Starting the registry fails on its dependency, and says so.
+    start = host.run("systemctl start registry-cache.service")
+    assert start.rc != 0
+    assert not host.service("registry-cache.service").is_running
+    assert host.check_output(f"{COMPOSE} ps -q registry") == ""
+    assert "Dependency failed" in journal(host, "registry-cache.service", since)
+
+    # The janitor refuses too.
+    sweep = host.run("systemctl start registry-janitor.service")
+    assert sweep.rc != 0
+    assert "Dependency failed" in journal(host, "registry-janitor.service", since)
+
+    # Around systemd: Compose does not create the missing bind source either.
+    bypass = host.run(f"{COMPOSE} up --detach --no-build registry")
+    assert bypass.rc != 0
+    assert "does not exist" in bypass.stderr, bypass.stderr
+    host.run(f"{COMPOSE} rm --force --stop registry")
+
+    # The retry timer keeps trying (and failing) while the box is away; the mount unit's
+    # journal says why.
+    host.run(f"sleep {2 * RETRY_SECONDS + 1}")
+    mount_log = journal(host, MOUNT_UNIT, since)
+    assert mount_log.count("Failed to mount") >= 2, mount_log
+    assert "Host is down" in mount_log, mount_log
+    assert host.run(f"mountpoint -q {MOUNT}").rc != 0
+    assert not host.service("registry-cache.service").is_running
+
+    # Nothing was written under the empty mount point, on the root disk.
+    assert host.check_output(f"find {MOUNT} -mindepth 1") == ""
+
+    # The box comes back. No systemctl from here on: the timer mounts it and the mount
+    # unit starts the registry.
+    resumed = host.run(
+        f"""
+set -eu
+mv -T {AWAY} {STANDIN}
+t0=$(date +%s%N)
+until mountpoint -q {MOUNT}; do
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt {RESUME_LIMIT_SECONDS} ] || exit 3
+    sleep 0.1
+done
+t1=$(date +%s%N)
+until curl -fsS -o /dev/null --max-time 2 {V2}; do
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt {RESUME_LIMIT_SECONDS} ] || exit 4
+    sleep 0.1
+done
+t2=$(date +%s%N)
+# `docker compose up --wait` returns (and the unit becomes active) once the health check
+# has passed, a moment after the first answer.
+until systemctl is-active --quiet registry-cache.service; do
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt {RESUME_LIMIT_SECONDS} ] || exit 5
+    sleep 0.1
+done
+t3=$(date +%s%N)
+ms() {{ echo "$(( ($1 - t0) / 1000000 ))e-3"; }}
+echo "{{\\"mounted_s\\": $(ms $t1), \\"answers_s\\": $(ms $t2), \\"active_s\\": $(ms $t3)}}"
+"""
+    )
+    assert resumed.rc == 0, (
+        resumed.stdout
+        + resumed.stderr
+        + host.run("systemctl status --no-pager registry-cache.service " + MOUNT_UNIT).stdout
+    )
+    figures = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert figures["active_s"] < RESUME_LIMIT_SECONDS
+    FIGURES.parent.mkdir(exist_ok=True)
+    previous = json.loads(FIGURES.read_text()) if trial > 1 and FIGURES.exists() else []
+    FIGURES.write_text(json.dumps([*previous, {"trial": trial, **figures}], indent=1) + "\n")
+
+    assert host.service("registry-cache.service").is_running
+    # Pushes work again, and what was pushed before the outage is still there.
+    result = push(host, f"after-{trial}")
+    assert result.rc == 0, result.stdout + result.stderr
+    assert host.run("docker pull -q 127.0.0.1:5000/storage/probe:before").rc == 0
