@@ -8,7 +8,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
 .PHONY: help deps venv images bench bench-smoke throughput up down gc gc-plan lint test-unit test-integration test-janitor \
-	test-molecule test clean
+	test-molecule test-playbooks test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -58,12 +58,17 @@ test-integration: venv ## janitor against a real registry process and skopeo
 test-janitor: venv ## all janitor tests
 	$(BIN)/python -m pytest -q files/janitor/tests
 
-test-molecule: venv images ## every Molecule scenario (create, converge, idempotence, check, verify)
-	@set -e; for s in $(SCENARIOS); do \
-		echo "== molecule test -s $$s"; start=$$(date +%s); \
-		$(BIN)/molecule test -s $$s; \
+test-molecule: venv images ## every Molecule scenario (timed); log in .cache/molecule-<scenario>.log, checked for its password
+	@set -eo pipefail; mkdir -p .cache; for s in $(SCENARIOS); do \
+		echo "== molecule test -s $$s"; start=$$(date +%s); rc=0; \
+		$(BIN)/molecule test -s $$s 2>&1 | tee .cache/molecule-$$s.log || rc=$$?; \
 		echo "== molecule $$s: $$(( $$(date +%s) - start )) s"; \
+		scripts/check-secret-leak.sh $$s .cache/molecule-$$s.log; \
+		[ $$rc -eq 0 ] || exit $$rc; \
 	done
+
+test-playbooks: venv images ## site.yml's preflight rejects bad variables before a host changes (throwaway containers)
+	$(BIN)/python -m pytest -q tests/playbooks
 
 bench: deps venv ## benchmarks at full size (20-45 min on 2 cores): janitor vs seed recipe vs find, slow FS
 	$(BIN)/python bench/run.py --size full
