@@ -2,6 +2,7 @@
 
     python3 pushload.py OUT.jsonl STOPFILE [--repos 4] [--max-pushes 2000]
     python3 pushload.py --check OUT.jsonl STATE.json
+    python3 pushload.py --age OUT.jsonl STATE.json V2_DIR
 
 
 Pushes one image after another with skopeo until STOPFILE exists, round robin over
@@ -13,6 +14,11 @@ per push: ref, manifest digest, every blob, ok, error, start and end time.
 --check pulls, by digest and completely (skopeo verifies every blob), every successful push
 not checked before (STATE.json remembers them), and prints a JSON summary; a manifest the
 registry no longer has counts as lost.
+
+--age moves the revision links of pushes --check has already verified two hours back, so
+the janitor's one-hour grace for unreachable revisions lets this sweep collect them. Pushes
+not verified yet are never aged: the janitor may delete their tags, never their manifests,
+so a manifest missing at --check is a lost push, not policy.
 """
 
 import argparse
@@ -139,9 +145,27 @@ def check(out_path, state_path):
     return 0
 
 
+def age(out_path, state_path, v2):
+    state = json.loads(Path(state_path).read_text()) if Path(state_path).exists() else {}
+    checked = set(state.get("checked", []))
+    then = time.time() - 7200
+    for line in Path(out_path).read_text().splitlines():
+        rec = json.loads(line)
+        if rec["ok"] and str(rec["n"]) in checked:
+            repo = rec["ref"].split(":")[0]
+            link = Path(v2, "repositories", repo, "_manifests", "revisions", "sha256")
+            try:
+                os.utime(link / rec["digest"][7:] / "link", (then, then))
+            except FileNotFoundError:
+                pass  # already unlinked by an earlier sweep
+    return 0
+
+
 def main():
     if sys.argv[1:2] == ["--check"]:
         return check(sys.argv[2], sys.argv[3])
+    if sys.argv[1:2] == ["--age"]:
+        return age(sys.argv[2], sys.argv[3], sys.argv[4])
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("stop")

@@ -35,19 +35,6 @@ WORK = "/var/tmp/pushload"
 OUT, STOP, STATE = f"{WORK}/out.jsonl", f"{WORK}/stop", f"{WORK}/checked.json"
 SCRIPT = "/usr/local/sbin/registry-cache-sweep"
 V2 = "/var/lib/registry-cache/data/docker/registry/v2"
-# Revisions of load images older than this many seconds are moved two hours back before each
-# sweep, so the janitor's one-hour grace for unreachable revisions lets it collect them now.
-AGE_AFTER = 20
-AGE_LOAD = f"""
-import glob, os, sys, time
-now = time.time()
-for link in glob.glob("{V2}/repositories/load/*/_manifests/revisions/sha256/*/link"):
-    try:
-        if now - os.lstat(link).st_mtime > {AGE_AFTER}:
-            os.utime(link, (now - 7200, now - 7200))
-    except FileNotFoundError:
-        pass
-"""
 REFUSED_FOR = re.compile(r"pushes refused for ([0-9.]+) s")
 
 
@@ -89,7 +76,8 @@ def test_pushes_during_sweeps_pull_completely(host):
     try:
         time.sleep(15)  # a first batch of pushes to prune
         for _ in range(SWEEPS):
-            sh(host, f"python3 -c {shlex.quote(AGE_LOAD)}")
+            # Verified pushes only: see pushload.py --age.
+            sh(host, f"python3 {LOAD} --age {OUT} {STATE} {V2}")
             cursor = cursor_now(host)
             result = host.run("systemctl start registry-janitor.service")
             log = journal_since(host, cursor)
