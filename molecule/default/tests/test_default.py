@@ -144,6 +144,40 @@ def test_password_appears_nowhere_else(host):
         assert inspect.stdout.strip() == "0"
 
 
+def test_password_is_in_no_process_list_during_a_sweep(host):
+    # Samples every process's arguments (ps -eo args, /proc/*/cmdline) and environment
+    # while a sweep runs, and matches inside bash: a grep would carry the password in its
+    # own arguments.
+    script = (
+        FIND_PASSWORD
+        + """
+systemctl start --no-block registry-janitor.service
+state() { systemctl show -p ActiveState --value registry-janitor.service; }
+samples=0 hits=0 seen=0 sweeping=0
+# A oneshot service is "activating" while its command runs.
+while [ $samples -lt 10 ] || [ "$(state)" = activating ]; do
+    [ "$(state)" = activating ] && sweeping=$((sweeping + 1))
+    snapshot=$(ps -eo args; for f in /proc/[0-9]*/cmdline /proc/[0-9]*/environ; do
+        { tr '\\0' ' ' < "$f"; } 2>/dev/null; echo; done)
+    case "$snapshot" in *"$pw"*) hits=$((hits + 1));; esac
+    n=$(ls -d /proc/[0-9]* 2>/dev/null | wc -l)
+    [ "$n" -gt "$seen" ] && seen=$n
+    samples=$((samples + 1))
+    [ $samples -lt 600 ] || break
+    sleep 0.2
+done
+echo "$samples $sweeping $seen $hits"
+"""
+    )
+    with host.sudo():
+        samples, sweeping, seen, hits = map(int, host.check_output(script).split())
+    assert sweeping > 0, "no sample was taken while the sweep ran"
+    assert seen > 10
+    assert hits == 0, f"the password was in a process list in {hits} of {samples} samples"
+    state = host.check_output("systemctl show registry-janitor.service -p Result --value")
+    assert state == "success"
+
+
 def test_config_drift_is_restored_and_registry_restarted(host):
     config = host.file("/opt/registry-cache/config.yml").content_string
     assert "molecule drift marker" not in config
