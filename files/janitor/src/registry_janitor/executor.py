@@ -77,11 +77,48 @@ def _to_trash(path: Path, trash: Path | None) -> bool:
     return True
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def remove_tree(name: str, dir_fd: int | None = None) -> None:
+    """Delete `name` (relative to `dir_fd`) and all below it; a symlink is unlinked, never
+    followed. What shutil.rmtree does, in fewer operations (no lstat + fstat per directory):
+    each directory is opened with O_NOFOLLOW, so a directory swapped for a symlink mid-way is
+    unlinked as a link, and entries are removed relative to their directory's descriptor.
+    """
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        try:  # a symlink or a file
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        return
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for entry, is_dir in entries:
+            if is_dir:
+                remove_tree(entry, fd)
+                continue
+            try:
+                os.unlink(entry, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
 def _remove(path: Path) -> None:
-    if path.is_symlink():
-        path.unlink()
-    else:
-        _rmtree_quiet(path)
+    remove_tree(str(path))
 
 
 def empty_trash(trash: Path) -> int:

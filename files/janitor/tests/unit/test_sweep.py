@@ -301,17 +301,18 @@ def test_deletions_pass_through_the_trash_and_a_crash_leaves_only_trash(s: Store
     trash.mkdir()
     (repo,) = store.scan(s.repositories)
     seen: list[set[str]] = []
-    real_rmtree = executor.shutil.rmtree
+    real_remove = executor.remove_tree
 
-    def rmtree(path: str) -> None:  # at this moment the registry must no longer see the tag
-        seen.append(tags(s, "r"))
-        real_rmtree(path)
+    def remove_tree(name: str, dir_fd: int | None = None) -> None:
+        if dir_fd is None:  # the trash entry: the registry must no longer see the tag
+            seen.append(tags(s, "r"))
+        real_remove(name, dir_fd)
 
-    executor.shutil.rmtree = rmtree  # type: ignore[assignment]
+    executor.remove_tree = remove_tree  # type: ignore[assignment]
     try:
         executor.delete_tag(repo, "t", trash)
     finally:
-        executor.shutil.rmtree = real_rmtree
+        executor.remove_tree = real_remove
     assert seen == [{"keep"}] and list(trash.iterdir()) == []
     # What a crash between rename and delete leaves: trash the next sweep empties.
     (trash / "0123abcd" / "current").mkdir(parents=True)
