@@ -49,6 +49,11 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "bad-share-path": ({"storagebox_share": "../x"}, "storagebox_share"),
     "wrong-type": ({"janitor_concurrency": "eight"}, "janitor_concurrency"),
+    # A failing check on the password must not print it (no_log): see the PASSWORD check.
+    "two-line-password": (
+        {"storagebox_password": f"{PASSWORD}\nsecond line"},
+        "storagebox_password",
+    ),
     "bad-retry-calendar": (
         {"storagebox_mount_retry_on_calendar": "every minute"},
         "storagebox_mount_retry_on_calendar",
