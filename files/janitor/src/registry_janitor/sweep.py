@@ -124,7 +124,9 @@ def plan_all(
     of repositories. With `repositories_dir`, stats are relative to it (repository names
     are paths below it), as the scan does: fewer lookups per stat.
     """
-    root_fd = os.open(repositories_dir, os.O_RDONLY | os.O_DIRECTORY) if repositories_dir else None
+    root_fd = None
+    if repositories_dir is not None and repos:  # a fresh store has no repositories/ yet
+        root_fd = os.open(repositories_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         return _plan_all(repos, policy, now, reader, unlink_untagged, pool, root_fd)
     finally:

@@ -172,3 +172,19 @@ def test_unusable_lock_file_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot open lock file {lock}: Is a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fresh_store_without_repositories_sweeps_cleanly(tmp_path: Path) -> None:
+    """What the registry role creates before the first push: v2/ with no repositories/."""
+    (tmp_path / "docker" / "registry" / "v2").mkdir(parents=True)
+    for command in ("prune", "sweep"):
+        result = subprocess.run(
+            [*janitor_at(tmp_path, command, "--run-once"), *fake_registry(tmp_path, "exit 0")],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"{command} done: 0 repositories" in result.stderr, result.stderr
