@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -98,8 +100,7 @@ def ssh_listener(host) -> Iterator[None]:
     )
     assert started.rc == 0, started.stderr
     wait_until_true(
-        lambda: host.run("curl -fsS -m 2 -o /dev/null http://127.0.0.1:%s/", str(SSH_PORT)).rc
-        == 0
+        lambda: host.run("curl -fsS -m 2 -o /dev/null http://127.0.0.1:%s/", str(SSH_PORT)).rc == 0
     )
     yield
     host.run("systemctl stop exposure-ssh-listener.service")
@@ -197,3 +198,76 @@ def test_stopping_nftables_keeps_docker_rules(host, ssh_listener):
     finally:
         host.check_output("systemctl start nftables.service")
     assert_policy()
+
+
+def run_playbook(playbook: str, extra_vars: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook from the project against this scenario's inventory."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=os.path.join(project, "roles"), ANSIBLE_NOCOLOR="1")
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+        "-i",
+        os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
+        "--limit",
+        "registry_cache",
+        "-e",
+        json.dumps(extra_vars),
+        playbook,
+    ]
+    return subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "message"),
+    [
+        ({"registry_cache_allowed_cidrs": ["10.0.0.0/33"]}, "Malformed CIDR"),
+        ({"host_ssh_allowed_cidrs": ["172.30.99.20", "not-a-cidr"]}, "Malformed CIDR"),
+        (
+            {"host_firewall_open_ports": [{"port": 9100, "cidrs": ["10.0.0.1/8"]}]},
+            "has host bits set",
+        ),
+        (
+            {"host_firewall_open_ports": [{"port": "ssh", "cidrs": ["10.0.0.0/8"]}]},
+            "host_firewall_open_ports",
+        ),
+        ({"host_ssh_allowed_cidrs": []}, "closes SSH for everyone"),
+        # Ansible run from an SSH session whose address the admin list does not hold.
+        (
+            {"ansible_docker_extra_env": {"SSH_CONNECTION": "203.0.113.9 50022 172.30.99.5 22"}},
+            "lock this session",
+        ),
+        # From an admin address, but sshd listens on another port than the firewall opens.
+        (
+            {"ansible_docker_extra_env": {"SSH_CONNECTION": "172.30.99.20 50022 172.30.99.5 2222"}},
+            "lock this session",
+        ),
+    ],
+    ids=[
+        "cidr-33",
+        "not-a-cidr",
+        "host-bits",
+        "port-not-int",
+        "no-admins",
+        "ssh-client",
+        "ssh-port",
+    ],
+)
+def test_site_refuses_bad_firewall_settings_before_changing_the_host(host, extra_vars, message):
+    rules = "/etc/nftables.d/registry-cache.nft"
+    before = host.file(rules).sha256sum
+    result = run_playbook("site.yml", extra_vars)
+    output = result.stdout + result.stderr
+    assert result.rc != 0, output
+    assert message in output, output
+    assert "changed=0" in output and "changed=1" not in output, output
+    assert host.file(rules).sha256sum == before
+
+
+def test_site_accepts_an_admin_ssh_session():
+    """The guard lets an SSH session from an admin address on the opened port through."""
+    session = {"SSH_CONNECTION": "172.30.99.20 50022 172.30.99.5 22"}
+    result = run_playbook("playbooks/preflight.yml", {"ansible_docker_extra_env": session})
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "Assert the firewall admits this SSH connection" in result.stdout
