@@ -79,7 +79,7 @@ bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; ke
 throughput: ## push/pull of a 1 GiB image through the local cache host (make up first) vs cp
 	python3 bench/throughput.py --size-mib 1024
 
-test: deps venv ## everything CI runs: lint, janitor tests, bench smoke, every Molecule scenario (timed)
+test: deps venv ## everything CI runs: lint, janitor tests, playbook preflight tests, bench smoke, every Molecule scenario (timed)
 	@set -e; for part in images lint test-janitor test-playbooks bench-smoke test-molecule; do \
 		start=$$(date +%s); $(MAKE) --no-print-directory $$part; \
 		echo "== make $$part: $$(( $$(date +%s) - start )) s"; \
