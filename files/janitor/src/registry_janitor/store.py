@@ -79,15 +79,14 @@ def pmap(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> Ite
 BATCH = 64
 
 
-def pmap_batched(
-    pool: Executor | None, fn: Callable[[T], R], items: Iterable[T], workers: int = 10
-) -> Iterator[R]:
-    """pmap() with items grouped into batches; smaller batches when there are few items, so
-    every one of `workers` threads still gets a share."""
+def pmap_batched(pool: Executor | None, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """pmap() with items grouped into batches. At least 16 batches per thread, so on a slow
+    filesystem no thread is left alone with a long batch at the end of a phase."""
     todo = list(items)
     if pool is None:
         return map(fn, todo)
-    size = max(1, min(BATCH, len(todo) // (4 * workers)))
+    workers = getattr(pool, "_max_workers", 10)
+    size = max(1, min(BATCH, len(todo) // (16 * workers)))
     batches = [todo[i : i + size] for i in range(0, len(todo), size)]
     return (r for batch in pool.map(lambda b: [fn(x) for x in b], batches) for r in batch)
 

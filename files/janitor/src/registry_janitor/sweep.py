@@ -215,7 +215,7 @@ APPLY_BATCH = 64
 
 
 def _batches(ops: Sequence[_Op], workers: int) -> list[Sequence[_Op]]:
-    size = max(1, min(APPLY_BATCH, len(ops) // (4 * max(workers, 1))))
+    size = max(1, min(APPLY_BATCH, len(ops) // (16 * max(workers, 1))))
     return [ops[i : i + size] for i in range(0, len(ops), size)]
 
 
