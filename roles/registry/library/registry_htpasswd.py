@@ -27,7 +27,7 @@ options:
   cost:
     description: bcrypt cost (log2 of the rounds), 4-31.
     type: int
-    default: 10
+    default: 8
 extends_documentation_fragment: [files]
 """
 
@@ -80,7 +80,7 @@ def main() -> None:
                     "password": {"type": "str", "required": True, "no_log": True},
                 },
             },
-            "cost": {"type": "int", "default": 10},
+            "cost": {"type": "int", "default": 8},
         },
         add_file_common_args=True,
         supports_check_mode=True,
