@@ -259,7 +259,7 @@ def test_site_refuses_bad_firewall_settings_before_changing_the_host(host, extra
     before = host.file(rules).sha256sum
     result = run_playbook("site.yml", extra_vars)
     output = result.stdout + result.stderr
-    assert result.rc != 0, output
+    assert result.returncode != 0, output
     assert message in output, output
     assert "changed=0" in output and "changed=1" not in output, output
     assert host.file(rules).sha256sum == before
@@ -269,5 +269,5 @@ def test_site_accepts_an_admin_ssh_session():
     """The guard lets an SSH session from an admin address on the opened port through."""
     session = {"SSH_CONNECTION": "172.30.99.20 50022 172.30.99.5 22"}
     result = run_playbook("playbooks/preflight.yml", {"ansible_docker_extra_env": session})
-    assert result.rc == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "Assert the firewall admits this SSH connection" in result.stdout
