@@ -159,3 +159,16 @@ echo "{{\\"mounted_s\\": $(ms $t1), \\"answers_s\\": $(ms $t2), \\"active_s\\": 
     result = push(host, f"after-{trial}")
     assert result.rc == 0, result.stdout + result.stderr
     assert host.run("docker pull -q 127.0.0.1:5000/storage/probe:before").rc == 0
+
+
+def test_retry_timer_leaves_a_registry_stopped_by_hand_alone(host):
+    # The timer only acts while the share is not mounted: an operator's stop holds.
+    assert host.run(f"mountpoint -q {MOUNT}").rc == 0
+    host.run_expect([0], "systemctl stop registry-cache.service")
+    try:
+        host.run(f"sleep {2 * RETRY_SECONDS + 1}")
+        assert not host.service("registry-cache.service").is_running
+        assert host.run(f"curl -fsS -o /dev/null --max-time 5 {V2}").rc != 0
+    finally:
+        host.run_expect([0], "systemctl start registry-cache.service")
+    assert host.run(f"curl -fsS -o /dev/null --max-time 5 {V2}").rc == 0
