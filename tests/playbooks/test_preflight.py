@@ -170,19 +170,7 @@ def test_bad_value_stops_site_yml_before_the_host_changes(runs: dict[str, Run], 
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(
-            case,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the janitor role checks the calendar with `systemd-analyze calendar`"
-                " and fails with its stderr, which does not name janitor_on_calendar",
-            ),
-        )
-        if case == "bad-calendar"
-        else case
-        for case in sorted(BAD)
-    ],
+    sorted(BAD),
 )
 def test_the_failure_names_the_variable(runs: dict[str, Run], case: str) -> None:
     run = runs[case]
