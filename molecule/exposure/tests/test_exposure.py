@@ -238,7 +238,7 @@ def run_playbook(playbook: str, extra_vars: dict[str, object]) -> subprocess.Com
             {"host_firewall_open_ports": [{"port": "ssh", "cidrs": ["10.0.0.0/8"]}]},
             "host_firewall_open_ports",
         ),
-        ({"host_ssh_allowed_cidrs": []}, "closes SSH for everyone"),
+        ({"host_ssh_allowed_cidrs": []}, "would close SSH for everyone"),
         # Ansible run from an SSH session whose address the admin list does not hold.
         (
             {"ansible_docker_extra_env": {"SSH_CONNECTION": "203.0.113.9 50022 172.30.99.5 22"}},
