@@ -7,12 +7,11 @@ the previous file.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
+from registry_janitor import atomic
 from registry_janitor.sweep import SweepStats
 
 P = "registry_janitor_"
@@ -110,15 +109,5 @@ def write(
 ) -> None:
     previous = read_previous(path)
     text = render(stats, previous, time.time() if now is None else now, command=command)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # 0644: node_exporter usually runs as another user.
+    atomic.write_text(path, text, mode=0o644)

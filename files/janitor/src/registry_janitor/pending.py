@@ -12,10 +12,10 @@ An empty file (written by older versions) is a valid mark with no sizes.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from registry_janitor import atomic
 
 
 def sizes(path: Path) -> dict[str, int]:
@@ -33,17 +33,7 @@ def sizes(path: Path) -> dict[str, int]:
 def mark(path: Path, new_sizes: Mapping[str, int]) -> None:
     """Write (or extend) the mark; atomic, so a reader never sees half a file."""
     merged = {**sizes(path), **new_sizes}
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"sizes": merged}, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic.write_text(path, json.dumps({"sizes": merged}, separators=(",", ":")))
 
 
 def clear(path: Path) -> None:
