@@ -1,6 +1,6 @@
 """A bounded push load for the pushes-during-sweeps test: run inside the test host.
 
-    python3 pushload.py OUT.jsonl STOPFILE [--repos 4] [--max-pushes 2000]
+    python3 pushload.py OUT.jsonl STOPFILE [--repos 4] [--max-seconds 1800]
     python3 pushload.py --check OUT.jsonl STATE.json
     python3 pushload.py --age OUT.jsonl STATE.json V2_DIR
 
@@ -22,6 +22,7 @@ so a manifest missing at --check is a lost push, not policy.
 """
 
 import argparse
+import collections
 import gzip
 import hashlib
 import io
@@ -170,17 +171,20 @@ def main():
     ap.add_argument("out")
     ap.add_argument("stop")
     ap.add_argument("--repos", type=int, default=4)
-    ap.add_argument("--max-pushes", type=int, default=2000)
+    # Bounded by time, not by a count: a fast machine must not run out of pushes before the
+    # sweeps end (then later sweeps find nothing to collect).
+    ap.add_argument("--max-seconds", type=float, default=1800)
     args = ap.parse_args()
     work = Path("/var/tmp/pushload")
     shared = layer("shared.txt", b"the layer every load image shares\n")
-    uniques = []  # the random layer of every push so far, by push number
+    uniques = collections.deque(maxlen=120)  # the random layers of the last 120 pushes
     with open(args.out, "a", buffering=1) as out:
-        for n in range(args.max_pushes):
-            if os.path.exists(args.stop):
-                break
+        deadline = time.monotonic() + args.max_seconds
+        n = -1
+        while not os.path.exists(args.stop) and time.monotonic() < deadline:
+            n += 1
             own = layer(f"own-{n}.bin", os.urandom(16 * 1024))
-            reused = uniques[n - random.randint(20, 120)] if n >= 120 else shared
+            reused = uniques[-random.randint(20, 120)] if len(uniques) >= 120 else shared
             uniques.append(own)
             ref = f"load/r{n % args.repos}:p{n:05d}"
             top, blobs = write_layout(work / "layout", "x", [shared, reused, own])
