@@ -285,6 +285,15 @@ class Bench:
                     f" / {R.secs(sweep_b.wall_s - sweep_b.gc_wall_s)}",
                 )
             )
+            # The most any sweep that ends in the stock garbage-collect could reach: the
+            # seed's time over the sweep's GC alone, as if pruning cost nothing.
+            rows.append(
+                R.ratio_row(
+                    f"{lb}: ceiling, seed / sweep's GC part alone",
+                    seed_b.wall_s,
+                    sweep_b.gc_wall_s,
+                )
+            )
             sweep_c, seed_c, chk_sw_c, chk_seed_c = self.sweep_vs_seed("c")
             rows.append(
                 R.Row(
