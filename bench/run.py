@@ -11,6 +11,7 @@ use the cached store itself. Prints one table and writes it, with every raw figu
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -526,6 +527,16 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(tool).exists():
             p.error(f"{tool} is missing (apt-get install time strace docker-registry)")
     C.janitor_bin()
+    # Two runs on one cache would copy over and delete each other's work directory.
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    lock = open(Path(args.cache) / ".lock", "w")  # noqa: SIM115 held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        p.error(
+            f"another benchmark run is using {args.cache}: wait for it, or give this one"
+            " its own --cache DIR"
+        )
     bench = Bench(args)
     start = time.perf_counter()
     rows = bench.run(parts)
