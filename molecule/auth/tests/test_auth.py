@@ -16,11 +16,11 @@ import base64
 import json
 import os
 import re
-import shlex
 import statistics
 from pathlib import Path
 
 import testinfra.utils.ansible_runner
+from registry_cache_testing import age_links, blob_data, sh, sweep_by_service
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -52,12 +52,6 @@ TIMING = Path("/var/tmp/registry-cache-molecule/auth/request-timing.json")
 def password_var(user: str) -> str:
     """Shell that puts the user's password into $pw without naming it."""
     return f"pw=$(echo {USERS[user]} | base64 -d); "
-
-
-def sh(host, script: str) -> str:
-    result = host.run(script)
-    assert result.rc == 0, f"{script}\n--- rc {result.rc}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def curl(host, path: str, *, user: str | None = None, extra: str = ""):
@@ -140,23 +134,6 @@ def tags(host, repo: str) -> list[str]:
     status, _, body = curl(host, f"/v2/{repo}/tags/list", user="puller")
     assert status == 200, body
     return sorted(json.loads(body).get("tags") or [])
-
-
-def blob_data(digest: str) -> str:
-    hexpart = digest.removeprefix("sha256:")
-    return f"{V2}/blobs/sha256/{hexpart[:2]}/{hexpart}/data"
-
-
-AGE_LINKS = """
-import os, sys
-shift = int(sys.argv[1]) * 10**9
-for top in sys.argv[2:]:
-    for folder, _, files in os.walk(top):
-        if "link" in files:
-            path = os.path.join(folder, "link")
-            st = os.lstat(path)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
-"""
 
 
 # --- the deployed configuration -----------------------------------------------------------
@@ -315,19 +292,9 @@ def test_janitor_sweep_deletes_beyond_n_and_kept_images_pull(host):
         host.run("sleep 1.1")
     assert tags(host, repo) == ["a1", "a2", "a3", "a4"]
     # Two hours back: older than the janitor's grace period for unreachable revisions.
-    sh(host, f"python3 -c {shlex.quote(AGE_LINKS)} 7200 {V2}/repositories/{repo}")
+    age_links(host, 7200, f"{V2}/repositories/{repo}")
 
-    cursor = sh(host, "journalctl -n 0 --show-cursor -q --no-pager").strip()
-    cursor = cursor.removeprefix("-- cursor: ")
-    result = host.run("systemctl start registry-janitor.service")
-    log = host.run(
-        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
-        "-o cat --no-pager"
-    ).stdout
-    assert result.rc == 0, f"{result.stderr}\n{log}"
-    assert host.check_output("systemctl show registry-janitor.service -p Result --value") == (
-        "success"
-    )
+    log = sweep_by_service(host)
     assert re.search(r"(sweep|prune) done: \d+ repositories, \d+ tags kept, 2 deleted", log), log
     # garbage-collect parsed the config with its auth and TLS sections and collected.
     assert re.search(r"gc done.*: [1-9]\d* blobs", log), log
@@ -336,11 +303,11 @@ def test_janitor_sweep_deletes_beyond_n_and_kept_images_pull(host):
     for gone in ("a1", "a2"):
         # garbage-collect ran (with the auth and TLS sections in its config): blobs gone.
         for digest in infos[gone]:
-            assert not host.file(blob_data(digest)).exists, f"{gone}: {digest} left"
+            assert not host.file(blob_data(V2, digest)).exists, f"{gone}: {digest} left"
         assert skopeo_pull(host, f"{repo}:{gone}").rc != 0
     for kept in ("a3", "a4"):
         for digest in infos[kept]:
-            assert host.file(blob_data(digest)).exists
+            assert host.file(blob_data(V2, digest)).exists
         result = skopeo_pull(host, f"{repo}:{kept}")
         assert result.rc == 0, result.stderr
     # The earlier images are untouched (fewer than N tags).

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from registry_cache_testing import controller_tool
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 CERT = "/var/tmp/registry-cache-molecule/auth/tls/registry.crt"
@@ -99,12 +98,6 @@ PLAYBOOK = """\
   roles:
     - role: registry
 """
-
-
-def controller_tool(name: str) -> str:
-    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
-    assert Path(found).exists(), f"{name} not found on the controller"
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,20 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import testinfra.utils.ansible_runner
+from registry_cache_testing import (
+    age_links,
+    blob_data,
+    controller_tool,
+    journal_cursor,
+    sh,
+    unit_journal,
+)
+from registry_cache_testing import sweep_by_service as start_sweep
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -54,25 +61,14 @@ SEEN: dict[str, int] = {"sweeps": 0, "service_sweeps": 0, "tags_deleted": 0, "by
 # --- helpers ------------------------------------------------------------------------------
 
 
-def sh(host, script: str) -> str:
-    result = host.run(script)
-    assert result.rc == 0, f"{script}\n--- rc {result.rc}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def blob_path(digest: str) -> str:
-    hexpart = digest.removeprefix("sha256:")
-    return f"{V2}/blobs/sha256/{hexpart[:2]}/{hexpart}"
-
-
 def blobs_present(host, digests) -> set[str]:
     """The subset of digests whose data file exists in the store (one command)."""
     digests = sorted(set(digests))
     if not digests:
         return set()
-    paths = " ".join(shlex.quote(blob_path(d) + "/data") for d in digests)
+    paths = " ".join(shlex.quote(blob_data(V2, d)) for d in digests)
     out = host.run(f"ls -1 {paths} 2>/dev/null").stdout.split()
-    return {d for d in digests if blob_path(d) + "/data" in out}
+    return {d for d in digests if blob_data(V2, d) in out}
 
 
 def blobs_bytes(host) -> int:
@@ -182,32 +178,13 @@ def reported_bytes(log: str) -> float:
     return float(match[1]) * UNITS[match[2]]
 
 
-def journal_cursor(host) -> str:
-    out = sh(host, "journalctl -n 0 --show-cursor -q --no-pager")
-    return out.strip().removeprefix("-- cursor: ")
-
-
 def sweep_by_service(host) -> str:
-    """`systemctl start registry-janitor.service`; returns this run's journal lines."""
-    cursor = journal_cursor(host)
-    result = host.run("systemctl start registry-janitor.service")
-    log = host.run(
-        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
-        "-o cat --no-pager"
-    ).stdout
-    assert result.rc == 0, f"{result.stderr}\n{log}"
-    assert host.check_output("systemctl show registry-janitor.service -p Result --value") == (
-        "success"
-    )
+    """`systemctl start registry-janitor.service`, counted for the metrics check; returns
+    this run's journal lines."""
+    log = start_sweep(host)
     SEEN["sweeps"] += 1
     SEEN["service_sweeps"] += 1
     return log
-
-
-def controller_tool(name: str) -> str:
-    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
-    assert Path(found).exists(), f"{name} not found on the controller"
-    return found
 
 
 def ansible(tool: str, *args: str) -> subprocess.CompletedProcess:
@@ -237,26 +214,13 @@ def push_series(host, repo: str, names, push=push_oci, gap: float = 0.2, **kwarg
     return infos
 
 
-AGE_LINKS = """
-import os, sys
-shift = int(sys.argv[1]) * 10**9
-for top in sys.argv[2:]:
-    for folder, _, files in os.walk(top):
-        if "link" in files:
-            path = os.path.join(folder, "link")
-            st = os.lstat(path)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
-"""
-
-
 def pushed_hours_ago(host, *repos: str, hours: int = 2) -> None:
     """Moves every push into these repositories `hours` back in time, order and gaps kept:
     the mtime of each `link` file (tags' current/link, revisions, layers) is what the janitor
     reads as push time. The janitor leaves unreachable revisions younger than its grace
     period (KEEP_MIN_AGE, and a fixed floor in newer janitor versions) for a later sweep, so
     without this the blobs of a tag deleted minutes after its push are not reclaimed yet."""
-    paths = " ".join(shlex.quote(f"{V2}/repositories/{r}") for r in repos)
-    sh(host, f"python3 -c {shlex.quote(AGE_LINKS)} {hours * 3600} {paths}")
+    age_links(host, hours * 3600, *(f"{V2}/repositories/{r}" for r in repos))
 
 
 def assert_pruned(
@@ -397,11 +361,7 @@ def test_2b_sweep_by_adhoc_command(host):
     SEEN["sweeps"] += 1
     SEEN["service_sweeps"] += 1
     assert "CHANGED" in result.stdout, result.stdout
-    log = sh(
-        host,
-        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
-        "-o cat --no-pager",
-    )
+    log = unit_journal(host, "registry-janitor.service", after_cursor=cursor)
     assert SWEEP_SUMMARY.search(log), log
     assert_pruned(host, repo, infos, ["a2", "a3"], ["a1"])
 
@@ -656,11 +616,7 @@ def test_7a_metrics_file_parses_and_counts_the_sweeps(host):
 
 
 def test_7b_journal_has_the_sweep_summary(host):
-    log = sh(
-        host,
-        "journalctl -u registry-janitor.service -o cat --no-pager "
-        f"--after-cursor={shlex.quote(START['cursor'])}",
-    )
+    log = unit_journal(host, "registry-janitor.service", after_cursor=START["cursor"])
     summaries = SWEEP_SUMMARY.findall(log)
     # Every sweep started through systemd (the ad-hoc one included) left its summary.
     assert SEEN["service_sweeps"] >= 1

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import time
 from pathlib import Path
 
 import testinfra.utils.ansible_runner
+from registry_cache_testing import sh, sweep_by_service
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -36,26 +36,6 @@ OUT, STOP, STATE = f"{WORK}/out.jsonl", f"{WORK}/stop", f"{WORK}/checked.json"
 SCRIPT = "/usr/local/sbin/registry-cache-sweep"
 V2 = "/var/lib/registry-cache/data/docker/registry/v2"
 REFUSED_FOR = re.compile(r"pushes refused for ([0-9.]+) s")
-
-
-def sh(host, script: str) -> str:
-    result = host.run(script)
-    assert result.rc == 0, f"{script}\n--- rc {result.rc}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def journal_since(host, cursor: str) -> str:
-    return sh(
-        host,
-        f"journalctl -u registry-janitor.service --after-cursor={shlex.quote(cursor)} "
-        "-o cat --no-pager",
-    )
-
-
-def cursor_now(host) -> str:
-    return (
-        sh(host, "journalctl -n 0 --show-cursor -q --no-pager").strip().removeprefix("-- cursor: ")
-    )
 
 
 def check_pushes(host) -> dict:
@@ -78,10 +58,7 @@ def test_pushes_during_sweeps_pull_completely(host):
         for _ in range(SWEEPS):
             # Verified pushes only: see pushload.py --age.
             sh(host, f"python3 {LOAD} --age {OUT} {STATE} {V2}")
-            cursor = cursor_now(host)
-            result = host.run("systemctl start registry-janitor.service")
-            log = journal_since(host, cursor)
-            assert result.rc == 0, log
+            log = sweep_by_service(host)
             gc_runs += "gc done:" in log
             windows += [float(x) for x in REFUSED_FOR.findall(log)]
             summary = check_pushes(host)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import testinfra.utils.ansible_runner
+from registry_cache_testing import unit_journal
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -54,10 +55,6 @@ docker pull -q {image} >/dev/null
     )
 
 
-def journal(host, unit, since):
-    return host.run(f"journalctl --no-pager -o cat -u {unit} --since @{since}").stdout
-
-
 def test_registry_serves_from_the_mounted_share(host):
     assert host.run(f"mountpoint -q {MOUNT}").rc == 0
     assert host.service("registry-cache.service").is_running
@@ -90,12 +87,12 @@ def test_missing_share_stops_everything_and_its_return_resumes_it(host, trial):
     assert start.rc != 0
     assert not host.service("registry-cache.service").is_running
     assert host.check_output(f"{COMPOSE} ps -q registry") == ""
-    assert "Dependency failed" in journal(host, "registry-cache.service", since)
+    assert "Dependency failed" in unit_journal(host, "registry-cache.service", since=since)
 
     # The janitor refuses too.
     sweep = host.run("systemctl start registry-janitor.service")
     assert sweep.rc != 0
-    assert "Dependency failed" in journal(host, "registry-janitor.service", since)
+    assert "Dependency failed" in unit_journal(host, "registry-janitor.service", since=since)
 
     # Around systemd: Compose does not create the missing bind source either.
     bypass = host.run(f"{COMPOSE} up --detach --no-build registry")
@@ -106,7 +103,7 @@ def test_missing_share_stops_everything_and_its_return_resumes_it(host, trial):
     # The retry timer keeps trying (and failing) while the box is away; the mount unit's
     # journal says why.
     host.run(f"sleep {2 * RETRY_SECONDS + 1}")
-    mount_log = journal(host, MOUNT_UNIT, since)
+    mount_log = unit_journal(host, MOUNT_UNIT, since=since)
     assert mount_log.count("Failed to mount") >= 2, mount_log
     assert "Host is down" in mount_log, mount_log
     assert host.run(f"mountpoint -q {MOUNT}").rc != 0

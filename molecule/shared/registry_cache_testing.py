@@ -1,0 +1,85 @@
+"""Helpers the Molecule scenarios' testinfra tests share (janitor, auth, storage).
+
+Each scenario's tests/conftest.py puts this folder on sys.path: Molecule runs pytest from the
+scenario directory, so only that scenario's tests folder is importable by default.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+# Moves the mtime of every `link` file below the given folders back by argv[1] seconds,
+# atime and order kept. The janitor reads a link's mtime as the push time of the tag,
+# revision or layer it names.
+AGE_LINKS = """
+import os, sys
+shift = int(sys.argv[1]) * 10**9
+for top in sys.argv[2:]:
+    for folder, _, files in os.walk(top):
+        if "link" in files:
+            path = os.path.join(folder, "link")
+            st = os.lstat(path)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
+"""
+
+
+def sh(host, script: str) -> str:
+    """Runs a shell script on the host; fails the test (script, rc and output) unless rc 0."""
+    result = host.run(script)
+    assert result.rc == 0, f"{script}\n--- rc {result.rc}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def age_links(host, seconds: int, *folders: str) -> None:
+    """Every push below these folders (repositories of the store) `seconds` further back."""
+    paths = " ".join(shlex.quote(folder) for folder in folders)
+    sh(host, f"python3 -c {shlex.quote(AGE_LINKS)} {seconds} {paths}")
+
+
+def blob_data(v2: str, digest: str) -> str:
+    """A blob's content file in the store whose docker/registry/v2 folder is `v2`; gone once
+    garbage-collect has deleted the blob."""
+    hexpart = digest.removeprefix("sha256:")
+    return f"{v2}/blobs/sha256/{hexpart[:2]}/{hexpart}/data"
+
+
+def journal_cursor(host) -> str:
+    """The journal's current end: unit_journal(after_cursor=...) then reads what follows."""
+    out = sh(host, "journalctl -n 0 --show-cursor -q --no-pager")
+    return out.strip().removeprefix("-- cursor: ")
+
+
+def unit_journal(
+    host, unit: str, *, after_cursor: str | None = None, since: str | None = None
+) -> str:
+    """A unit's journal messages (-o cat), after a journal_cursor() or since a Unix time.
+    journalctl exits 0 when nothing matches, so a failure here is the journal's own."""
+    command = f"journalctl -u {unit} -o cat --no-pager"
+    if after_cursor is not None:
+        command += f" --after-cursor={shlex.quote(after_cursor)}"
+    if since is not None:
+        command += f" --since @{since}"
+    return sh(host, command)
+
+
+def sweep_by_service(host) -> str:
+    """`systemctl start registry-janitor.service` (a oneshot: returns when the sweep has
+    ended) as the timer does; asserts it succeeded and returns this run's journal lines."""
+    cursor = journal_cursor(host)
+    result = host.run("systemctl start registry-janitor.service")
+    log = unit_journal(host, "registry-janitor.service", after_cursor=cursor)
+    assert result.rc == 0, f"{result.stderr}\n{log}"
+    assert host.check_output("systemctl show registry-janitor.service -p Result --value") == (
+        "success"
+    )
+    return log
+
+
+def controller_tool(name: str) -> str:
+    """An Ansible command on the controller: on PATH, else next to this Python (the venv)."""
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    assert Path(found).exists(), f"{name} not found on the controller"
+    return found
