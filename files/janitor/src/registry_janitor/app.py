@@ -15,7 +15,10 @@ from registry_janitor import metrics, report
 from registry_janitor.config import Config
 from registry_janitor.lock import LockHeld, SweepLock
 from registry_janitor.output import Output, setup_logging
-from registry_janitor.sweep import Janitor, SweepStats, summary
+from registry_janitor.records import SweepStats
+from registry_janitor.storage import FilesystemStorage
+from registry_janitor.summary import summary
+from registry_janitor.sweep import Janitor
 
 log = logging.getLogger("registry_janitor")
 
@@ -59,6 +62,7 @@ def _describe(command: str, cfg: Config) -> str:
         f"protect {rule.protect_tags.pattern!r}" if rule.protect_tags else "",
         f"{len(cfg.policy.rules)} policy rules" if cfg.policy.rules else "",
         "unlink unreachable manifests" if cfg.gc_delete_untagged else "keep untagged manifests",
+        f"gc engine {cfg.gc_engine}" if command != "prune" and cfg.run_gc else "",
         "DRY RUN" if cfg.dry_run else "",
     ]
     return f"{command} started on {cfg.data_dir}: {', '.join(p for p in parts if p)}"
@@ -84,10 +88,27 @@ def _store_missing(cfg: Config, out: Output) -> bool:
     return True
 
 
+def _gc_due(cfg: Config, janitor: Janitor, out: Output) -> int:
+    """Decided by the janitor alone: the deployment's wrapper opens a read-only window only
+    when this says so."""
+    if not cfg.run_gc:
+        reason, due = "RUN_GC is false", False
+    elif cfg.gc_engine == "janitor":
+        reason, due = "the janitor engine collects during every sweep", False
+    elif janitor.gc_pending_file.exists():
+        reason, due = "a prune removed something garbage-collect has not collected yet", True
+    else:
+        reason, due = "nothing removed since the last garbage-collect", False
+    out.emit("gc_due", f"gc {'due' if due else 'not due'}: {reason}", due=due, reason=reason)
+    return EXIT_OK if due else EXIT_FAILED
+
+
 def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
-    stats = SweepStats(dry_run=cfg.dry_run)
+    stats = SweepStats(command=command, dry_run=cfg.dry_run)
     if _store_missing(cfg, out):
         return EXIT_FAILED
+    if command == "gc-due":
+        return _gc_due(cfg, janitor, out)
     out.emit("started", _describe(command, cfg), command=command, data_dir=str(cfg.data_dir))
     with ExitStack() as stack:
         if not cfg.dry_run:  # a dry run changes nothing: it neither needs nor creates the lock
@@ -109,7 +130,7 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
         except Exception:  # a failed sweep is reported; in loop mode the next one runs
             log.exception("%s failed", command)
             stats.errors += 1
-    line = summary(stats, command)
+    line = summary(stats, command, revision_grace=cfg.revision_grace, gc_grace=cfg.gc_grace)
     fields = {"command": command, "ok": stats.ok, **vars(stats)}
     out.record("summary", line, fields, logging.INFO if stats.ok else logging.ERROR)
     if cfg.metrics_file is not None and not cfg.dry_run:
@@ -128,7 +149,11 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
         if command == "report":  # read-only: Ctrl-C may interrupt it anywhere
             if _store_missing(cfg, out):
                 return EXIT_FAILED
-            report.run(cfg.repositories_dir, cfg.blobs_dir, pool, out, sys.stdout)
+            storage = FilesystemStorage(cfg.data_dir)
+            try:
+                report.run(storage, pool, out, sys.stdout)
+            finally:
+                storage.close()
             return EXIT_OK
         _install_signal_handlers(stop)
         loop = command == "sweep" and not cfg.run_once

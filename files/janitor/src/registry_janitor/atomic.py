@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 
-def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -25,3 +25,7 @@ def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
         except OSError:
             pass
         raise
+
+
+def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    write_bytes(path, text.encode(), mode=mode)

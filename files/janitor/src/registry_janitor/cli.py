@@ -10,7 +10,7 @@ from typing import NoReturn
 from registry_janitor import __version__, config
 
 PROG = "registry-janitor"
-COMMANDS = ("sweep", "prune", "gc", "report")
+COMMANDS = ("sweep", "prune", "gc", "gc-due", "report")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
@@ -46,11 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retention and safe garbage collection for a Distribution registry.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{sweep,prune,gc,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     helps = {
-        "sweep": "prune, then garbage-collect (default; loops unless RUN_ONCE)",
+        "sweep": "prune, then collect garbage (default; loops unless RUN_ONCE)",
         "prune": "apply retention, unlink unreachable revisions, remove leftovers; no GC",
-        "gc": "run the registry's garbage-collect only",
+        "gc": "collect garbage only (GC_ENGINE decides how)",
+        "gc-due": "exit 0 when a `gc` would run now (registry engine: after a prune removed"
+        " something), 1 otherwise; for wrappers that stop writes around it",
         "report": "per repository: tags, push times, unique and shared bytes",
     }
     for name in COMMANDS:

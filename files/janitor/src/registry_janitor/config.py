@@ -24,7 +24,11 @@ from registry_janitor.policy import (
 
 ConfigError = PolicyError
 
-MAX_CONCURRENCY = 10  # a Hetzner Storage Box allows 10 connections
+# Threads for filesystem I/O. They all go through the mount's one SMB session (the Storage
+# Box's limit of 10 connections does not count them); what they buy is requests in flight
+# on a slow link, and the benchmarks on a 2 ms filesystem model gain nothing beyond 8.
+MAX_CONCURRENCY = 10
+GC_ENGINES = ("janitor", "registry")
 
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
@@ -74,6 +78,31 @@ SETTINGS: dict[str, Setting] = {
             "lock file (default <data dir>/.registry-janitor.lock)",
         ),
         Setting("JANITOR_CONCURRENCY", "--concurrency", "8", "threads for filesystem I/O (1-10)"),
+        Setting(
+            "GC_ENGINE",
+            "--gc-engine",
+            "janitor",
+            "janitor: collect blobs without stopping pushes; registry: the registry's own"
+            " garbage-collect (run it only while the registry is read-only or stopped)",
+        ),
+        Setting(
+            "GC_GRACE",
+            "--gc-grace",
+            "2h",
+            "unreferenced blobs younger than this stay (janitor engine)",
+        ),
+        Setting(
+            "GC_SETTLE",
+            "--gc-settle",
+            "60s",
+            "how long held blobs wait for manifest pushes in flight (janitor engine)",
+        ),
+        Setting(
+            "REVISION_GRACE",
+            "--revision-grace",
+            "1h",
+            "unreachable manifests stay linked until unreachable this long",
+        ),
     )
 }
 
@@ -96,6 +125,10 @@ class Config:
     lock_file: Path
     concurrency: int
     policy: Policy
+    gc_engine: str = "janitor"
+    gc_grace: int = 7200
+    gc_settle: int = 60
+    revision_grace: int = 3600
 
     @property
     def repositories_dir(self) -> Path:
@@ -165,7 +198,9 @@ def load(
     if not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
     registry_config = Path(raw["registry_config"])
-    gc_will_run = command == "gc" or (command == "sweep" and b["run_gc"])
+    gc_will_run = (command == "gc" or (command == "sweep" and b["run_gc"])) and raw[
+        "gc_engine"
+    ].strip().lower() == "registry"
     if gc_will_run and not registry_config.is_file():
         raise ConfigError(name("registry_config"), f'file does not exist: "{registry_config}"')
     if raw["registry_bin"].strip() == "":
@@ -184,6 +219,23 @@ def load(
     if not lock_file.parent.is_dir():
         raise ConfigError(name("lock_file"), f'directory does not exist: "{lock_file.parent}"')
 
+    engine = raw["gc_engine"].strip().lower()
+    if engine not in GC_ENGINES:
+        raise ConfigError(
+            name("gc_engine"), f'must be one of {", ".join(GC_ENGINES)}, got "{raw["gc_engine"]}"'
+        )
+    gc_grace = parse_duration(name("gc_grace"), raw["gc_grace"])
+    gc_settle = parse_duration(name("gc_settle"), raw["gc_settle"])
+    revision_grace = parse_duration(name("revision_grace"), raw["revision_grace"])
+    if gc_grace < revision_grace:
+        # A blob younger than an unreachable manifest's grace could belong to a push whose
+        # manifests are still being linked.
+        raise ConfigError(
+            name("gc_grace"),
+            f"must not be shorter than {name('revision_grace')} ({raw['revision_grace']}),"
+            f' got "{raw["gc_grace"]}"',
+        )
+
     return Config(
         keep_last_n=keep_last_n,
         interval_secs=interval,
@@ -201,4 +253,8 @@ def load(
         lock_file=lock_file,
         concurrency=concurrency,
         policy=policy,
+        gc_engine=engine,
+        gc_grace=gc_grace,
+        gc_settle=gc_settle,
+        revision_grace=revision_grace,
     )

@@ -1,197 +1,187 @@
-"""Applies deletions to the store, each one crash-safe from the registry's point of view.
+"""Applies prune operations to the store, each one crash-safe from the registry's view.
 
-- Tag and revision: the directory is first renamed into the janitor's trash directory (in the
-  data directory, outside `docker/`), one atomic step after which the registry sees neither
-  the tag in `tags/list` nor the manifest; then the trash copy is deleted. A crash in between
-  leaves only trash, which the next sweep empties. Where a rename is impossible, the `link`
-  file goes first (the tag or manifest stops resolving in one step), then the directory; a
-  tag directory left without a link is removed later as a leftover.
-- Repository: only the registry's own `_layers`, then `_manifests` (each renamed into the trash
-  in one step) and an empty `_uploads`, then the directory and its parents while they are
-  empty, so a nested repository below survives.
+- Tag, revision, leftover tag directory: first a re-check that it is still what the plan saw
+  (a CI job may have pushed meanwhile), then the directory is renamed into the janitor's trash
+  (in the data directory, outside `docker/`): one atomic step after which the registry sees
+  neither the tag in `tags/list` nor the manifest. The trash copy is deleted afterwards; what
+  cannot be deleted yet (SMB deletes a file only when its last handle closes) stays in the
+  trash for the next run. Where a rename is impossible, the `link` file goes first (the tag or
+  manifest stops resolving in one step), then the directory.
+- Repository: re-listed right before; its `_layers` is *held* (see hold.py) so a push landing
+  meanwhile gets its layer links back, then `_manifests` is removed directory by directory
+  with rmdir, which fails on anything a push wrote meanwhile, then an empty `_uploads`, then
+  the directory and its parents while they are empty (a nested repository below survives).
+
+Every function returns True when it did its work, False when it found the item changed since
+the scan and left it; any error other than "gone" raises.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import shutil
+import logging
 import uuid
-from pathlib import Path
 
-from registry_janitor.store import Repository
+from registry_janitor.hold import Hold
+from registry_janitor.records import Repository
+from registry_janitor.storage import REPOSITORIES, Storage
+from registry_janitor.store import list_names, read_link
+
+log = logging.getLogger(__name__)
+
+# In the data directory, outside the registry's `docker/`: deletions pass through it.
+TRASH_DIR = ".registry-janitor-trash"
+
+# A rename is impossible here (another filesystem, or a filesystem that cannot rename
+# directories): fall back to deleting in place, link first.
+_NO_RENAME = (errno.EXDEV, errno.ENOTSUP, errno.EPERM, errno.EACCES)
 
 
-def _unlink_in(directory: Path, name: str) -> None:
-    """Unlink `directory/name` unless `directory` is a symlink (then rmtree drops the link).
+def tag_dir(repo: Repository, tag: str) -> str:
+    return f"{repo.path}/_manifests/tags/{tag}"
 
-    Opening the directory with O_NOFOLLOW first means a planted symlink can never make the
-    janitor delete a file outside the store.
-    """
+
+def revision_dir(repo: Repository, digest: str) -> str:
+    return f"{repo.path}/_manifests/revisions/sha256/{digest.removeprefix('sha256:')}"
+
+
+def _mtime(storage: Storage, path: str) -> float | None:
+    """None only when the path is gone; any other error raises (a guard must not fail open)."""
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        return storage.stat(path).mtime
     except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return
-        raise
-    try:
-        os.unlink(name, dir_fd=fd)
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(fd)
+        return None
 
 
-def _rmtree_quiet(path: Path) -> None:
-    # shutil.rmtree removes symlinks found inside instead of following them.
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-
-
-def tag_dir(repo: Repository, tag: str) -> Path:
-    return repo.path / "_manifests" / "tags" / tag
-
-
-def revision_dir(repo: Repository, digest: str) -> Path:
-    return repo.path / "_manifests" / "revisions" / "sha256" / digest.removeprefix("sha256:")
-
-
-def _to_trash(path: Path, trash: Path | None) -> bool:
-    """Atomically move `path` out of the registry's view. False if it cannot be renamed."""
-    if trash is None:
-        return False
-    target = trash / uuid.uuid4().hex
-    try:
-        os.rename(path, target)  # does not follow a symlink at `path`: it moves the link
-    except FileNotFoundError:
-        return True  # already gone
-    except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENOENT):
-            return False
-        raise
-    _remove(target)
-    return True
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-
-
-def remove_tree(name: str, dir_fd: int | None = None) -> None:
-    """Delete `name` (relative to `dir_fd`) and all below it; a symlink is unlinked, never
-    followed. What shutil.rmtree does, in fewer operations (no lstat + fstat per directory):
-    each directory is opened with O_NOFOLLOW, so a directory swapped for a symlink mid-way is
-    unlinked as a link, and entries are removed relative to their directory's descriptor.
-    """
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        try:  # a symlink or a file
-            os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        return
-    try:
-        with os.scandir(fd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for entry, is_dir in entries:
-            if is_dir:
-                remove_tree(entry, fd)
-                continue
-            try:
-                os.unlink(entry, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-
-
-def _remove(path: Path) -> None:
-    remove_tree(str(path))
-
-
-def empty_trash(trash: Path) -> int:
-    """Delete what an interrupted sweep left in the trash; returns the number of entries."""
-    try:
-        entries = list(trash.iterdir())
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        _remove(entry)
-    return len(entries)
-
-
-def _changed(link: Path, seen: float | None) -> bool:
+def _changed(storage: Storage, link: str, seen: float | None) -> bool:
     """The link was rewritten (a push) since the scan saw it with mtime `seen`."""
     if seen is None:
         return False
+    now = _mtime(storage, link)
+    return now is not None and now != seen
+
+
+def to_trash(storage: Storage, path: str, link: str | None = None) -> bool:
+    """Take `path` out of the registry's view in one rename, then delete it. False when it
+    was already gone."""
+    target = f"{TRASH_DIR}/{uuid.uuid4().hex}"
     try:
-        return os.lstat(link).st_mtime != seen
+        storage.move(path, target)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno not in _NO_RENAME:
+            raise
+        if link is not None:
+            storage.delete(link)
+        storage.delete(path)
+        return True
+    empty_entry(storage, target)
+    return True
 
 
-def delete_tag(
-    repo: Repository, tag: str, trash: Path | None = None, pushed: float | None = None
-) -> bool:
+def empty_entry(storage: Storage, path: str) -> bool:
+    """Delete a trash entry; False (and it stays for the next run) when it cannot be yet.
+
+    Its rename already took it out of the registry's view, so this is only disk space: on
+    SMB a directory is not empty while a delete of a file in it is pending (the server
+    removes a file when its last handle closes), which a later run finishes.
+    """
+    try:
+        storage.delete(path)
+    except OSError as exc:
+        log.debug("trash entry %s stays for the next run: %s", path, exc)
+        return False
+    return True
+
+
+def empty_trash(storage: Storage) -> tuple[int, int]:
+    """Delete what earlier runs left in the trash: (entries deleted, entries left)."""
+    done = left = 0
+    for name in list_names(storage, TRASH_DIR, dirs_only=False):
+        if empty_entry(storage, f"{TRASH_DIR}/{name}"):
+            done += 1
+        else:
+            left += 1
+    return done, left
+
+
+def delete_tag(storage: Storage, repo: Repository, tag: str, pushed: float | None = None) -> bool:
     """False, and nothing done, when the tag was pushed again after the scan (`pushed`)."""
     path = tag_dir(repo, tag)
     # Narrows the race with a CI job re-pushing this tag from the whole sweep to one stat.
-    if _changed(path / "current" / "link", pushed):
+    if _changed(storage, f"{path}/current/link", pushed):
         return False
-    if not _to_trash(path, trash):
-        _unlink_in(path / "current", "link")
-        _rmtree_quiet(path)
+    to_trash(storage, path, f"{path}/current/link")
     return True
 
 
-def remove_leftover_tag(repo: Repository, tag: str) -> None:
-    _rmtree_quiet(tag_dir(repo, tag))
+def remove_leftover_tag(storage: Storage, repo: Repository, tag: str) -> bool:
+    """A tag directory without a usable current/link; False if a push gave it one since."""
+    path = tag_dir(repo, tag)
+    digest, _ = read_link(storage, f"{path}/current/link")
+    if digest is not None:
+        return False
+    to_trash(storage, path)
+    return True
 
 
 def unlink_revision(
-    repo: Repository, digest: str, trash: Path | None = None, written: float | None = None
+    storage: Storage, repo: Repository, digest: str, written: float | None = None
 ) -> bool:
     """False, and nothing done, when the manifest was pushed again after the scan."""
     path = revision_dir(repo, digest)
-    if _changed(path / "link", written):
+    if _changed(storage, f"{path}/link", written):
         return False
-    if not _to_trash(path, trash):
-        _unlink_in(path, "link")
-        _rmtree_quiet(path)
+    to_trash(storage, path, f"{path}/link")
     return True
 
 
-def remove_repository(repo: Repository, repositories_dir: Path, trash: Path | None = None) -> None:
-    """Remove an empty repository; its directory stays while a nested repository lives in it."""
-    # `_layers` first and whole (one rename into the trash): the registry's catalog lists
-    # every directory holding `_layers`, and the janitor finds repositories by `_manifests`.
-    # A crash between the two then leaves an untouched `_manifests` that the next sweep sees
-    # and finishes removing, never a half-emptied `_layers` that looks freshly pushed to.
-    for name in ("_layers", "_manifests"):
-        if not _to_trash(repo.path / name, trash):
-            _rmtree_quiet(repo.path / name)
+def _still_empty(storage: Storage, repo: Repository) -> bool:
+    base = repo.path
+    return not (
+        list_names(storage, f"{base}/_manifests/tags")
+        or list_names(storage, f"{base}/_manifests/revisions/sha256")
+        or list_names(storage, f"{base}/_uploads", dirs_only=False)
+    )
+
+
+def _rmdir(storage: Storage, path: str) -> bool:
+    """rmdir; True if gone afterwards. Not empty: False (a push wrote into it meanwhile)."""
     try:
-        os.rmdir(repo.path / "_uploads")  # only when empty: never an upload in progress
-    except OSError:
+        storage.rmdir(path)
+    except FileNotFoundError:
         pass
-    path = repo.path
-    while path != repositories_dir and repositories_dir in path.parents:
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
+
+
+def remove_repository(storage: Storage, repo: Repository, hold: Hold) -> bool:
+    """Remove an empty repository (its directory stays while a nested repository lives in
+    it). False, with nothing lost, when a push reached it since the scan."""
+    if not _still_empty(storage, repo):
+        return False
+    # `_layers` first, held (one rename): the registry's catalog lists every directory
+    # holding `_layers`, and a manifest push needs the links in it, so a push from now on is
+    # refused cleanly ("blob unknown") instead of landing in a repository being removed.
+    held = hold.hold_layers(repo.name)
+    base = f"{repo.path}/_manifests"
+    for path in (f"{base}/revisions/sha256", f"{base}/revisions", f"{base}/tags", base):
+        if not _rmdir(storage, path):
+            if held:
+                hold.restore_layers(repo.name)
+            return False
+    _rmdir(storage, f"{repo.path}/_uploads")  # only when empty: never an upload in progress
+    path = repo.name
+    while path:
         try:
-            os.rmdir(path)  # fails unless empty: nested repositories keep their parents
+            storage.rmdir(f"{REPOSITORIES}/{path}")  # fails unless empty: nested ones stay
         except FileNotFoundError:
             pass
         except OSError:
             break
-        path = path.parent
+        path = path.rpartition("/")[0]
+    return True

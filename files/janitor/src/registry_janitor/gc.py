@@ -1,92 +1,326 @@
-"""Runs the registry's own `garbage-collect`, never with `--delete-untagged`.
+"""Garbage collection without stopping pushes (GC_ENGINE=janitor, the default).
 
-2.8.x `--delete-untagged` unlinks the children of kept multi-arch images (distribution#3004)
-and costs O(manifests x tags); the janitor unlinks unreachable revisions itself instead.
+1. Mark: every manifest linked as a revision in any repository is a root, whatever its age;
+   the mark is their closure over index children, OCI subjects, configs and layers, each
+   manifest read once. If any of them cannot be read, no blob is deleted in this run.
+2. Candidates: blobs not marked whose `data` is older than the grace period (GC_GRACE). A
+   blob uploaded for a manifest not pushed yet is young; so is one a push is writing now.
+3. Hold: each candidate is renamed out of the registry's tree (hold.py); from then on the
+   registry answers 404 for it and a client uploads it again.
+4. Settle (GC_SETTLE): a manifest PUT that checked its blobs before they were held finishes
+   and links its revision.
+5. Re-check: revisions linked now that were not roots of the mark are read (with what they
+   reach); every held blob they name goes back. A repository or manifest that cannot be read
+   now puts every held blob back.
+6. Delete the rest, counting the bytes of each `data` deleted.
 
-Bytes reclaimed: GC prints `blob eligible for deletion: <digest>` for every blob it deletes.
-Their sizes come from the descriptors of the manifests the janitor read while pruning (the
-manifests it unlinked name the layers that become garbage), so no second walk of `blobs/` is
-needed on a slow filesystem. Blobs no manifest we read names (orphans of aborted pushes) are
-counted, their bytes are not.
+`_layers` links of deleted blobs stay, as the registry's own garbage-collect leaves them: the
+registry checks the blob itself behind every link (HEAD and GET answer 404, a manifest naming
+it is refused), an upload of the same blob rewrites the link, and deleting links would race
+with such an upload. A repository's links go with the repository once it is empty.
 """
 
 from __future__ import annotations
 
-import collections
-import re
-import subprocess
+import logging
+import os
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-_ELIGIBLE = re.compile(r"blob eligible for deletion: (sha256:[0-9a-f]{64})")
-_TAIL_LINES = 20
+from registry_janitor import store
+from registry_janitor.hold import Hold
+from registry_janitor.manifests import ManifestReader, closure
+from registry_janitor.output import Output, human_bytes, iso
+from registry_janitor.records import SweepStats
+from registry_janitor.storage import BLOBS, Stat, Storage
+
+log = logging.getLogger(__name__)
+
+# Test-only: at each phase boundary the janitor writes <dir>/<phase>.reached and waits for
+# <dir>/<phase>.go, so a test can act (push, kill) at an exact point. Unset in production.
+PAUSE_DIR_ENV = "JANITOR_TEST_PAUSE_DIR"
+PHASES = ("mark", "hold", "settle", "restore", "delete")
+
+
+def pause(phase: str, stop: threading.Event) -> None:
+    directory = os.environ.get(PAUSE_DIR_ENV)
+    if not directory:
+        return
+    (Path(directory) / f"{phase}.reached").touch()
+    go = Path(directory) / f"{phase}.go"
+    while not go.exists() and not stop.is_set():
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
-class GcResult:
-    ok: bool
-    duration: float
-    deleted: tuple[str, ...]  # blob digests GC deleted (or would delete in a dry run)
-    message: str  # why it failed, or a short summary
-    output_tail: tuple[str, ...] = ()
+class Candidate:
+    digest: str
+    size: int
+    mtime: float
 
 
-def command(registry_bin: str, registry_config: Path, *, dry_run: bool) -> list[str]:
-    return [
-        registry_bin,
-        "garbage-collect",
-        *(["--dry-run"] if dry_run else []),
-        str(registry_config),
-    ]
+@dataclass
+class Mark:
+    marked: frozenset[str] = frozenset()
+    candidates: list[Candidate] = field(default_factory=list)
+    spared: int = 0  # unreferenced but younger than the grace period
+    problems: list[str] = field(default_factory=list)  # why nothing may be deleted
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
 
 
-def run(registry_bin: str, registry_config: Path, *, dry_run: bool = False) -> GcResult:
-    cmd = command(registry_bin, registry_config, dry_run=dry_run)
-    start = time.monotonic()
-    deleted: list[str] = []
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    try:
-        # Streamed, not captured whole: GC prints a line per marked blob of every manifest.
-        with subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                m = _ELIGIBLE.search(line)
-                if m:
-                    deleted.append(m.group(1))
-                if line.strip():
-                    tail.append(line)
-            code = proc.wait()
-    except FileNotFoundError:
-        return GcResult(False, 0.0, (), f"registry binary not found: {registry_bin}")
-    except OSError as exc:
-        return GcResult(False, 0.0, (), f"cannot run {registry_bin}: {exc.strerror or exc}")
-    duration = time.monotonic() - start
-    if code != 0:
-        last = tail[-1] if tail else "(no output)"
-        return GcResult(
-            False, duration, tuple(deleted), f"garbage-collect exited {code}: {last}", tuple(tail)
+def _who_links(roots: Mapping[str, frozenset[str]], digest: str) -> str:
+    repos = sorted(r for r, revs in roots.items() if digest in revs)
+    return ", ".join(f"{r}@{digest}" for r in repos[:3]) + (" ..." if len(repos) > 3 else "")
+
+
+class Collector:
+    def __init__(
+        self,
+        storage: Storage,
+        pool: Executor,
+        reader: ManifestReader,
+        out: Output,
+        stop: threading.Event,
+        *,
+        grace: int,
+        settle: int,
+        dry_run: bool,
+    ) -> None:
+        self.storage = storage
+        self.pool = pool
+        self.reader = reader
+        self.out = out
+        self.stop = stop
+        self.hold = Hold(storage)
+        self.grace = grace
+        self.settle_seconds = settle
+        self.dry_run = dry_run
+
+    # -- reads only ----------------------------------------------------------------------
+    def mark(
+        self, roots: Mapping[str, frozenset[str]], now: float, unreadable_repos: list[str]
+    ) -> Mark:
+        """The mark and the candidates; `unreadable_repos` are repositories the scan could not
+        read completely (their revisions are unknown, so nothing may be deleted)."""
+        result = Mark()
+        for repo in unreadable_repos:
+            result.problems.append(f"repository {repo} could not be read completely")
+        reach = closure(frozenset().union(*roots.values()) if roots else (), self.reader)
+        for digest in sorted(reach.unreadable):
+            why = self.reader.problems.get(digest, "unreadable")
+            where = _who_links(roots, digest) or f"a manifest referenced as {digest}"
+            result.problems.append(f"{where}: {why}")
+        result.marked = reach.marked
+        if not result.complete:
+            return result
+        prefixes = [p for p in store.list_names(self.storage, BLOBS) if len(p) == 2]
+        listed = store.pmap(
+            self.pool, lambda p: store.list_names(self.storage, f"{BLOBS}/{p}"), prefixes
         )
-    return GcResult(True, duration, tuple(deleted), "ok", tuple(tail))
+        unmarked = [
+            f"sha256:{h}"
+            for names in listed
+            for h in names
+            if store.HEX.fullmatch(h) and f"sha256:{h}" not in reach.marked
+        ]
+        for digest, st in zip(
+            unmarked, store.pmap_batched(self.pool, self._stat_data, unmarked), strict=True
+        ):
+            if isinstance(st, str):
+                result.problems.append(f"blob {digest}: {st}")
+            elif st is None:
+                continue  # no data (yet): an upload being committed, or gone
+            elif now - st.mtime >= self.grace:
+                result.candidates.append(Candidate(digest, st.size, st.mtime))
+            else:
+                result.spared += 1
+        if result.problems:  # a blob we cannot stat: we cannot tell its age either
+            result.candidates = []
+        return result
 
+    def _stat_data(self, digest: str) -> Stat | str | None:
+        try:
+            st = self.storage.stat(store.blob_data(digest))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"cannot stat its data: {exc.strerror or exc}"
+        return st if st.is_file else None
 
-def config_enables_blobdescriptor(text: str) -> bool:
-    """True when the registry config sets storage.cache.blobdescriptor (text check, no YAML).
+    # -- changes -------------------------------------------------------------------------
+    def collect(
+        self,
+        mark: Mark,
+        roots: Mapping[str, frozenset[str]],
+        held_layers: list[str],
+        stats: SweepStats,
+    ) -> None:
+        """Hold, settle, re-check, put back, delete. `held_layers`: repositories whose
+        `_layers` the prune held; they are settled here too."""
+        t = time.monotonic()
+        pause("mark", self.stop)
+        held = self._hold_all(mark.candidates)
+        stats.phases["hold"] = round(time.monotonic() - t, 3)
+        pause("hold", self.stop)
+        if held or held_layers:
+            t = time.monotonic()
+            self._settle()
+            stats.phases["settle"] = round(time.monotonic() - t, 3)
+        pause("settle", self.stop)
+        t = time.monotonic()
+        if self.stop.is_set():
+            log.warning("stopped: putting back %d held blobs", len(held))
+            restored = set(held)
+            self._restore(restored)
+            held_layers_left = held_layers
+        else:
+            restored = self._recheck(roots, held)
+            held_layers_left = held_layers
+        for repo in held_layers_left:
+            if self.hold.settle_layers(repo):
+                self.out.emit(
+                    "layers_restored",
+                    f"put back the layer links of {repo}: a push reached it while it was removed",
+                    level=logging.WARNING,
+                    repository=repo,
+                )
+        stats.blobs_restored += len(restored)
+        stats.phases["restore"] = round(time.monotonic() - t, 3)
+        pause("restore", self.stop)
+        t = time.monotonic()
+        doomed = [c for c in held.values() if c.digest not in restored]
+        results = store.pmap_batched(self.pool, self._drop, doomed)
+        for c, ok in zip(doomed, results, strict=True):
+            if ok:
+                stats.blobs_deleted += 1
+                stats.bytes_reclaimed += c.size
+                self._record(c)
+            else:
+                stats.errors += 1
+        stats.phases["delete"] = round(time.monotonic() - t, 3)
+        pause("delete", self.stop)
 
-    That cache keeps answering "exists" for blobs a GC in another process deleted; a later
-    push then skips those layers and the image cannot be pulled (distribution#1803, #4569).
-    """
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        m = re.fullmatch(r"blobdescriptor\s*:\s*(.*)", line)
-        if m and m.group(1).strip().strip("\"'") not in ("", "null", "~"):
-            return True
-    return False
+    def _hold_all(self, candidates: list[Candidate]) -> dict[str, Candidate]:
+        def one(c: Candidate) -> bool:
+            if self.stop.is_set():
+                return False
+            # Re-checked right before: an upload of the same blob since the mark refreshed it.
+            try:
+                st = self.storage.stat(store.blob_data(c.digest))
+            except FileNotFoundError:
+                return False
+            if st.mtime != c.mtime:
+                return False
+            return self.hold.hold_blob(c.digest)
+
+        return {
+            c.digest: c
+            for c, ok in zip(
+                candidates, store.pmap_batched(self.pool, one, candidates), strict=True
+            )
+            if ok
+        }
+
+    def _settle(self) -> None:
+        deadline = time.monotonic() + self.settle_seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.2))
+
+    def _recheck(self, roots: Mapping[str, frozenset[str]], held: dict[str, Candidate]) -> set[str]:
+        """Digests put back: what manifests linked since the mark reach."""
+        if not held:
+            return set()
+        try:
+            now = store.linked_revisions(self.storage, self.pool)
+        except OSError as exc:
+            self.out.emit(
+                "gc_recheck_failed",
+                f"cannot re-read the repositories ({exc}): putting back all {len(held)} held blobs",
+                level=logging.ERROR,
+            )
+            self._restore(set(held))
+            return set(held)
+        new = {d for repo, revs in now.items() for d in revs - roots.get(repo, frozenset())}
+        restored: set[str] = set()
+        seen: set[str] = set()
+        frontier = set(new)
+        while frontier:
+            seen |= frontier
+            back = (frontier & held.keys()) - restored
+            self._restore(back)
+            restored |= back
+            for d in back:
+                self.reader.forget(d)
+            nxt: set[str] = set()
+            for digest, m in self.reader.read_many(frontier).items():
+                if m is None:
+                    why = self.reader.problems.get(digest, "unreadable")
+                    self.out.emit(
+                        "gc_recheck_failed",
+                        f"a manifest pushed during garbage collection cannot be read"
+                        f" ({digest}: {why}): putting back all held blobs",
+                        level=logging.ERROR,
+                        digest=digest,
+                    )
+                    rest = set(held) - restored
+                    self._restore(rest)
+                    return restored | rest
+                blobs = {b for b, _ in m.blobs} & held.keys()
+                self._restore(blobs - restored)
+                restored |= blobs
+                nxt.update(m.children)
+            frontier = nxt - seen
+        if restored:
+            self.out.emit(
+                "blobs_restored",
+                f"put back {len(restored)} held blobs: manifests pushed during garbage"
+                f" collection name them",
+                level=logging.WARNING,
+                count=len(restored),
+            )
+        return restored
+
+    def _restore(self, digests: set[str]) -> None:
+        list(store.pmap_batched(self.pool, self.hold.restore_blob, sorted(digests)))
+
+    def _drop(self, c: Candidate) -> bool:
+        try:
+            self.hold.drop_blob(c.digest)
+        except OSError as exc:
+            self.out.emit(
+                "error",
+                f"failed: delete held blob {c.digest}: {exc}; the next run retries",
+                level=logging.ERROR,
+                digest=c.digest,
+                error=str(exc),
+            )
+            return False
+        return True
+
+    def _record(self, c: Candidate) -> None:
+        verb = "would delete" if self.dry_run else "deleted"
+        self.out.emit(
+            "blob_deleted",
+            f"{verb} blob {c.digest} ({human_bytes(c.size)}, written {iso(c.mtime)})",
+            level=logging.INFO if self.dry_run else logging.DEBUG,
+            digest=c.digest,
+            size=c.size,
+            written=iso(c.mtime),
+            dry_run=self.dry_run,
+        )
+
+    def report_dry_run(self, mark: Mark, stats: SweepStats) -> None:
+        for c in sorted(mark.candidates, key=lambda c: c.digest):
+            self._record(c)
+        stats.blobs_deleted = len(mark.candidates)
+        stats.bytes_reclaimed = sum(c.size for c in mark.candidates)

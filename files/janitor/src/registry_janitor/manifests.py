@@ -7,24 +7,22 @@ whole run: a layer or index shared by many repositories is read once.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 
-from registry_janitor.store import DIGEST, pmap_batched
+from registry_janitor.storage import Storage
+from registry_janitor.store import DIGEST, blob_data, pmap_batched
 
 _MANIFEST_MAX = 4 * 1024 * 1024  # the registry refuses larger manifests
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass(frozen=True)
 class Manifest:
     digest: str
     size: int  # bytes of the manifest blob itself
-    children: tuple[str, ...]  # manifests an index / manifest list references
+    children: tuple[str, ...]  # manifests it references: index entries, an OCI `subject`
     blobs: tuple[tuple[str, int], ...]  # (digest, size) of config and layers; size -1: unknown
 
 
@@ -55,6 +53,12 @@ def parse(digest: str, raw: bytes) -> Manifest | None:
         if desc is None:
             return None  # an index we cannot follow completely must not look complete
         children.append(desc[0])
+    # OCI 1.1 referrers (signatures, SBOMs) name the manifest they are about.
+    if "subject" in doc:
+        desc = descriptor(doc["subject"])
+        if desc is None:
+            return None
+        children.append(desc[0])
     for d in [doc.get("config"), *(doc.get("layers") or [])]:
         desc = descriptor(d)
         if desc is not None:
@@ -66,47 +70,46 @@ def parse(digest: str, raw: bytes) -> Manifest | None:
 
 
 class ManifestReader:
-    """Reads manifest blobs from `blobs/`, concurrently, cached by digest."""
+    """Reads manifest blobs from the store, concurrently, cached by digest."""
 
-    def __init__(self, blobs_dir: Path, pool: Executor | None = None) -> None:
-        self.blobs_dir = blobs_dir
+    def __init__(self, storage: Storage, pool: Executor | None = None) -> None:
+        self.storage = storage
         self.pool = pool
         self._cache: dict[str, Manifest | None] = {}
         self._lock = threading.Lock()
-        self._dir_fd: int | None = None
         self.reads = 0  # blobs actually read (cache misses)
-
-    def _blobs_fd(self) -> int | None:
-        # Opened once: blob paths are then resolved from `blobs/sha256`, not from the store
-        # root, which saves lookups per read on a network filesystem.
-        with self._lock:
-            if self._dir_fd is None:
-                try:
-                    self._dir_fd = os.open(self.blobs_dir / "sha256", os.O_RDONLY | os.O_DIRECTORY)
-                except OSError:
-                    return None
-            return self._dir_fd
+        # digest -> why it could not be used ("missing", "not a manifest", an OS error)
+        self.problems: dict[str, str] = {}
 
     def close(self) -> None:
+        """Nothing to release; the storage belongs to the caller."""
+
+    def forget(self, digest: str) -> None:
+        """Drop a cached failure: the blob may be readable now (put back from the hold)."""
         with self._lock:
-            if self._dir_fd is not None:
-                os.close(self._dir_fd)
-                self._dir_fd = None
+            if self._cache.get(digest, 1) is None:
+                del self._cache[digest]
+                self.problems.pop(digest, None)
 
     def _load(self, digest: str) -> Manifest | None:
-        hexpart = digest.removeprefix("sha256:")
         try:
-            dir_fd = self._blobs_fd()
-            if dir_fd is None:
-                raise FileNotFoundError(digest)
-            fd = os.open(f"{hexpart[:2]}/{hexpart}/data", _OPEN_FLAGS, dir_fd=dir_fd)
-            try:
-                raw = os.read(fd, _MANIFEST_MAX + 1)
-            finally:
-                os.close(fd)
-            return parse(digest, raw) if len(raw) <= _MANIFEST_MAX else None
-        except OSError:
-            return None
+            raw, st = self.storage.read(blob_data(digest), _MANIFEST_MAX + 1)
+        except FileNotFoundError:
+            return self._problem(digest, "manifest blob missing")
+        except OSError as exc:
+            return self._problem(digest, f"cannot read manifest blob: {exc.strerror or exc}")
+        if not st.is_file:
+            return self._problem(digest, "manifest blob is not a regular file")
+        if len(raw) > _MANIFEST_MAX:
+            return self._problem(digest, "larger than any manifest the registry accepts")
+        m = parse(digest, raw)
+        return m if m is not None else self._problem(digest, "not a manifest the janitor reads")
+
+    def _problem(self, digest: str, why: str) -> Manifest | None:
+        """Records why, and returns None (the manifest cannot be used)."""
+        with self._lock:
+            self.problems[digest] = why
+        return None
 
     def _read(self, digest: str) -> Manifest | None:
         with self._lock:
@@ -159,18 +162,26 @@ class ManifestReader:
 
 @dataclass(frozen=True)
 class Reachability:
-    reachable: frozenset[str]
+    reachable: frozenset[str]  # manifests
     unreadable: frozenset[str]  # reachable manifests we could not read: children unknown
+    blobs: frozenset[str] = frozenset()  # configs and layers the readable manifests name
 
     @property
     def complete(self) -> bool:
         return not self.unreadable
 
+    @property
+    def marked(self) -> frozenset[str]:
+        """Every blob garbage collection must keep: the manifests and what they name."""
+        return self.reachable | self.blobs
+
 
 def closure(roots: Iterable[str], reader: ManifestReader) -> Reachability:
-    """Manifests reachable from `roots`, following indexes to their children recursively."""
+    """Manifests reachable from `roots`, following indexes (and OCI subjects) to their
+    children recursively, and the blobs they name. Each manifest is read once."""
     seen: set[str] = set()
     unreadable: set[str] = set()
+    blobs: set[str] = set()
     frontier = set(roots)
     while frontier:
         seen |= frontier
@@ -180,5 +191,6 @@ def closure(roots: Iterable[str], reader: ManifestReader) -> Reachability:
                 unreadable.add(digest)
             else:
                 nxt.update(manifest.children)
+                blobs.update(d for d, _ in manifest.blobs)
         frontier = nxt - seen
-    return Reachability(frozenset(seen), frozenset(unreadable))
+    return Reachability(frozenset(seen), frozenset(unreadable), frozenset(blobs))

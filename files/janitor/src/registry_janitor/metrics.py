@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from registry_janitor import atomic
-from registry_janitor.sweep import SweepStats
+from registry_janitor.records import SweepStats
 
 P = "registry_janitor_"
 _SAMPLE = re.compile(r"^([a-z_:][a-z0-9_:]*)(\{[^}]*\})?\s+(\S+)\s*$", re.IGNORECASE)
@@ -23,15 +23,29 @@ METRICS: dict[str, tuple[str, str]] = {
     "last_success_timestamp_seconds": ("gauge", "Unix time the last successful sweep ended."),
     "last_run_success": ("gauge", "1 if the last sweep succeeded, else 0."),
     "sweep_duration_seconds": ("gauge", "Duration of the last sweep, GC included."),
-    "gc_duration_seconds": ("gauge", "Duration of the last garbage-collect (0 if not run)."),
+    "gc_duration_seconds": ("gauge", "Duration of the last garbage collection (0 if not run)."),
+    "phase_duration_seconds": ("gauge", "Duration of each phase of the last run."),
     "repositories": ("gauge", "Repositories seen by the last sweep."),
     "tags": ("gauge", "Tags seen by the last sweep."),
     "tags_kept": ("gauge", "Tags kept by the last sweep."),
+    "manifests_spared": (
+        "gauge",
+        "Unreachable manifests the last sweep left linked: not unreachable for long enough yet.",
+    ),
+    "blobs_marked": ("gauge", "Blobs the last garbage collection found in use."),
+    "blobs_spared": (
+        "gauge",
+        "Unreferenced blobs the last garbage collection left: younger than the grace period.",
+    ),
     "sweeps_total": ("counter", "Sweeps run, by result."),
     "tags_deleted_total": ("counter", "Tags deleted."),
     "manifests_unlinked_total": ("counter", "Unreachable manifest revisions unlinked."),
-    "blobs_deleted_total": ("counter", "Blobs deleted by garbage-collect."),
-    "bytes_reclaimed_total": ("counter", "Bytes of blobs deleted by garbage-collect."),
+    "blobs_deleted_total": ("counter", "Blobs deleted by garbage collection."),
+    "bytes_reclaimed_total": ("counter", "Bytes of blobs deleted by garbage collection."),
+    "blobs_restored_total": (
+        "counter",
+        "Blobs garbage collection held and put back: a manifest pushed meanwhile named them.",
+    ),
 }
 
 
@@ -67,12 +81,19 @@ def render(
         "repositories": [("", stats.repositories)],
         "tags": [("", stats.tags_seen)],
         "tags_kept": [("", stats.tags_kept)],
+        "manifests_spared": [("", stats.manifests_spared)],
+        "blobs_marked": [("", stats.blobs_marked)],
+        "blobs_spared": [("", stats.blobs_spared)],
+        "phase_duration_seconds": [
+            (f'{{phase="{name}"}}', seconds) for name, seconds in sorted(stats.phases.items())
+        ],
     }
     counters = {
         "tags_deleted_total": stats.tags_deleted,
         "manifests_unlinked_total": stats.manifests_unlinked,
         "blobs_deleted_total": stats.blobs_deleted,
         "bytes_reclaimed_total": stats.bytes_reclaimed,
+        "blobs_restored_total": stats.blobs_restored,
     }
     for name, value in counters.items():
         samples[name] = [("", previous.get(P + name, 0.0) + value)]
@@ -87,7 +108,7 @@ def render(
     if command == "gc":
         # A separate `gc` completes the `prune` before it (the deployment runs GC in a
         # read-only window): it keeps that run's figures and adds its own.
-        for name in ("repositories", "tags", "tags_kept"):
+        for name in ("repositories", "tags", "tags_kept", "manifests_spared"):
             samples[name] = [("", previous.get(P + name, 0.0))]
         samples["sweep_duration_seconds"] = [
             ("", previous.get(P + "sweep_duration_seconds", 0.0) + stats.duration)

@@ -11,11 +11,12 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from registry_janitor import manifests, store
 from registry_janitor.output import Output, human_bytes, iso
+from registry_janitor.records import Repository
+from registry_janitor.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class RepoUsage:
     shared_bytes: int
 
 
-def usage(repos: Sequence[store.Repository], reader: manifests.ManifestReader) -> list[RepoUsage]:
+def usage(repos: Sequence[Repository], reader: manifests.ManifestReader) -> list[RepoUsage]:
     parsed = reader.read_many(d for r in repos for d in r.revisions)
     blobs_of: dict[str, dict[str, int]] = {}
     for r in repos:
@@ -61,15 +62,9 @@ def usage(repos: Sequence[store.Repository], reader: manifests.ManifestReader) -
     return out
 
 
-def run(
-    repositories_dir: Path,
-    blobs_dir: Path,
-    pool: Executor,
-    out: Output,
-    stream: TextIO,
-) -> None:
-    repos = store.scan(repositories_dir, pool)
-    reader = manifests.ManifestReader(blobs_dir, pool)
+def run(storage: Storage, pool: Executor, out: Output, stream: TextIO) -> None:
+    repos = store.scan(storage, pool)
+    reader = manifests.ManifestReader(storage, pool)
     try:
         rows = usage(repos, reader)
     finally:

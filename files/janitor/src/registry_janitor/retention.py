@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from registry_janitor.policy import Rule
-from registry_janitor.store import Tag
+from registry_janitor.records import Tag
 
 LEFTOVER_TAG_AGE = 3600  # seconds before a tag directory without current/link is removed
 

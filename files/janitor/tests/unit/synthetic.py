@@ -6,7 +6,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from registry_janitor.storage import FilesystemStorage
 
 
 class Store:
@@ -17,6 +20,11 @@ class Store:
         self.blobs = self.v2 / "blobs"
         self.repositories.mkdir(parents=True)
         self.blobs.mkdir(parents=True)
+
+    @property
+    def storage(self) -> FilesystemStorage:
+        """A fresh storage on this store (each holds its own directory descriptors)."""
+        return FilesystemStorage(self.root)
 
     def blob(self, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -75,3 +83,34 @@ class Store:
         for dirpath, dirnames, filenames in os.walk(self.repositories):
             for n in dirnames + filenames:
                 os.utime(os.path.join(dirpath, n), (mtime, mtime), follow_symlinks=False)
+
+
+class Faulty:
+    """A storage that fails the way a flaky network mount does, for chosen calls, and lets a
+    test watch every call (`before(method, args)` runs first)."""
+
+    def __init__(
+        self,
+        inner: FilesystemStorage,
+        faults: dict[tuple[str, str], OSError] | None = None,
+        before: Callable[[str, tuple[object, ...]], None] | None = None,
+        fail_all: dict[str, OSError] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.faults = faults or {}  # (method, storage path) -> error raised instead
+        self.fail_all = fail_all or {}  # method -> error raised for every path
+        self.before = before
+
+    def __getattr__(self, method: str) -> object:
+        real = getattr(self.inner, method)
+
+        def call(*args: object) -> object:
+            if self.before is not None:
+                self.before(method, args)
+            if method in self.fail_all:
+                raise self.fail_all[method]
+            if args and (method, args[0]) in self.faults:
+                raise self.faults[(method, args[0])]
+            return real(*args)
+
+        return call

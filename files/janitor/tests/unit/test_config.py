@@ -51,6 +51,11 @@ BAD_ENV = [
     ("JANITOR_METRICS_FILE", "/no/such/dir/m.prom", "JANITOR_METRICS_FILE: directory does not"),
     ("JANITOR_REGISTRY_CONFIG", "/no/such/config.yml", "JANITOR_REGISTRY_CONFIG: file does not"),
     ("JANITOR_LOCK_FILE", "/no/such/dir/j.lock", "JANITOR_LOCK_FILE: directory does not exist"),
+    ("GC_ENGINE", "zot", "GC_ENGINE: must be one of janitor, registry"),
+    ("GC_GRACE", "2 hours", "GC_GRACE: must be a duration"),
+    ("GC_GRACE", "30m", "GC_GRACE: must not be shorter than REVISION_GRACE (1h)"),
+    ("GC_SETTLE", "-1", "GC_SETTLE: must be a duration"),
+    ("REVISION_GRACE", "1 day", "REVISION_GRACE: must be a duration"),
 ]
 
 
@@ -67,6 +72,8 @@ def test_bad_environment_value(
 ) -> None:
     if env != "JANITOR_DATA_DIR":
         monkeypatch.setenv("JANITOR_DATA_DIR", str(data_dir))
+    if env == "JANITOR_REGISTRY_CONFIG":  # only the registry's own garbage-collect reads it
+        monkeypatch.setenv("GC_ENGINE", "registry")
     monkeypatch.setenv(env, value)
     code, err = run_cli(["sweep"], capsys)
     assert code == 2

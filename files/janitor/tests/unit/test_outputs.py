@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from registry_janitor import gc, manifests, metrics, report, store
-from registry_janitor.sweep import SweepStats
+from registry_janitor import manifests, metrics, registry_gc, report, store
+from registry_janitor.records import SweepStats
 from synthetic import Store
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -23,17 +23,17 @@ def test_gc_collects_the_digests_it_deleted(tmp_path: Path) -> None:
         f'echo "blob eligible for deletion: {D2}" >&2\n'
     )
     fake.chmod(0o755)
-    result = gc.run(str(fake), tmp_path / "config.yml")
+    result = registry_gc.run(str(fake), tmp_path / "config.yml")
     assert result.ok and result.deleted == (D1, D2)
 
 
 def test_gc_missing_binary_and_failure(tmp_path: Path) -> None:
-    missing = gc.run(str(tmp_path / "nope"), tmp_path / "config.yml")
+    missing = registry_gc.run(str(tmp_path / "nope"), tmp_path / "config.yml")
     assert not missing.ok and "registry binary not found" in missing.message
     fake = tmp_path / "registry"
     fake.write_text("#!/bin/sh\necho 'configuration error' >&2\nexit 1\n")
     fake.chmod(0o755)
-    failed = gc.run(str(fake), tmp_path / "config.yml")
+    failed = registry_gc.run(str(fake), tmp_path / "config.yml")
     assert not failed.ok and failed.message == "garbage-collect exited 1: configuration error"
 
 
@@ -50,7 +50,7 @@ def test_gc_missing_binary_and_failure(tmp_path: Path) -> None:
     ],
 )
 def test_blobdescriptor_check(text: str, enabled: bool) -> None:
-    assert gc.config_enables_blobdescriptor(text) is enabled
+    assert registry_gc.config_enables_blobdescriptor(text) is enabled
 
 
 def test_metrics_counters_carry_over_and_gauges_do_not(tmp_path: Path) -> None:
@@ -78,8 +78,8 @@ def test_usage_splits_unique_and_shared_bytes(tmp_path: Path) -> None:
     s.tag("one", "a", shared_image, now - 100)
     s.tag("two", "a", shared_image, now - 50)
     s.tag("one", "b", s.image("only-one"), now)
-    repos = store.scan(s.repositories)
-    rows = {u.repository: u for u in report.usage(repos, manifests.ManifestReader(s.blobs))}
+    repos = store.scan(s.storage)
+    rows = {u.repository: u for u in report.usage(repos, manifests.ManifestReader(s.storage))}
     one, two = rows["one"], rows["two"]
     assert (one.tags, one.manifests) == (2, 2)
     assert one.newest_push == now and one.oldest_push == now - 100

@@ -23,7 +23,11 @@ def janitor(s: Store, *args: str) -> list[str]:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "KEEP_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_"))
+    }
 
 
 def fake_registry(tmp_path: Path, script: str) -> list[str]:
@@ -33,7 +37,14 @@ def fake_registry(tmp_path: Path, script: str) -> list[str]:
     binary = tmp_path / "registry"
     binary.write_text(f"#!/bin/sh\n{script}\n")
     binary.chmod(0o755)
-    return ["--registry-config", str(config), "--registry-bin", str(binary)]
+    return [
+        "--gc-engine",
+        "registry",
+        "--registry-config",
+        str(config),
+        "--registry-bin",
+        str(binary),
+    ]
 
 
 def read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:

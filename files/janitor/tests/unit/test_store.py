@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from registry_janitor import store
-from synthetic import Store
+from registry_janitor.storage import REPOSITORIES, FilesystemStorage
+from synthetic import Faulty, Store
 
 NOW = 1_800_000_000.0
 
@@ -33,10 +34,10 @@ def test_finds_nested_repositories_and_a_repository_inside_another(s: Store, poo
     img = s.image("x")
     for name in ("a", "a/b", "team/app", "team/sub/deep", "plain"):
         s.tag(name, "latest", img, NOW)
-    repos = store.scan(s.repositories, pool)  # type: ignore[arg-type]
+    repos = store.scan(s.storage, pool)  # type: ignore[arg-type]
     assert [r.name for r in repos] == ["a", "a/b", "plain", "team/app", "team/sub/deep"]
     by_name = {r.name: r for r in repos}
-    assert by_name["a"].has_nested and not by_name["a/b"].has_nested
+    assert all(r.has_manifests and r.complete for r in repos)
     assert by_name["a/b"].tags[0].digest == img
     assert by_name["a"].revisions == frozenset({img})
 
@@ -46,7 +47,7 @@ def test_reads_tags_with_digest_and_push_time(s: Store) -> None:
     s.tag("r", "v1", one, NOW - 50)
     s.tag("r", "v2", two, NOW - 10)
     s.revision("r", s.image("orphan"))
-    (repo,) = store.scan(s.repositories)
+    (repo,) = store.scan(s.storage)
     tags = {t.name: t for t in repo.tags}
     assert tags["v1"].digest == one and tags["v1"].mtime == NOW - 50
     assert tags["v2"].digest == two and tags["v2"].mtime == NOW - 10
@@ -61,7 +62,7 @@ def test_tag_without_current_link_has_no_digest(s: Store) -> None:
     garbage = s.repo("r") / "_manifests" / "tags" / "garbage" / "current"
     garbage.mkdir(parents=True)
     (garbage / "link").write_text("not a digest")
-    tags = {t.name: t for t in store.scan(s.repositories)[0].tags}
+    tags = {t.name: t for t in store.scan(s.storage)[0].tags}
     assert tags["broken"].digest is None and tags["broken"].mtime == NOW - 7200
     assert tags["garbage"].digest is None
 
@@ -87,7 +88,7 @@ def test_skips_registry_directories_and_does_not_follow_symlinks(
     )
     # `_uploads` and other `_` directories are not repositories even with _manifests inside.
     (s.repositories / "real" / "_uploads" / "x" / "_manifests").mkdir(parents=True)
-    repos = store.scan(s.repositories, pool)  # type: ignore[arg-type]
+    repos = store.scan(s.storage, pool)  # type: ignore[arg-type]
     assert [r.name for r in repos] == ["real"]
     tags = {t.name: t.digest for t in repos[0].tags}
     assert tags == {"t": img, "fake-link": None}
@@ -99,46 +100,34 @@ def test_symlink_loop_does_not_hang(s: Store) -> None:
     os.symlink(s.repositories, s.repositories / "loop")
     os.symlink(s.repositories / "r", s.repositories / "r" / "self")
     result: list[list[store.Repository]] = []
-    t = threading.Thread(target=lambda: result.append(store.scan(s.repositories)), daemon=True)
+    t = threading.Thread(target=lambda: result.append(store.scan(s.storage)), daemon=True)
     t.start()
     t.join(10)
     assert result and [r.name for r in result[0]] == ["r"]
 
 
 def test_empty_or_missing_store(tmp_path: Path) -> None:
-    assert store.scan(tmp_path / "nothing") == []
+    assert store.scan(FilesystemStorage(tmp_path / "nothing")) == []
 
 
 def test_unreadable_directory_marks_repository_incomplete(
     s: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s.tag("r", "t", s.image("x"), NOW)
-    revs = s.repo("r") / "_manifests" / "revisions" / "sha256"
-    real_entries = store._entries
-
-    def entries(path: Path, *, follow: bool = False) -> list[tuple[str, bool]]:
-        if Path(path) == revs:  # what a flaky network mount does now and then
-            raise PermissionError(13, "Permission denied")
-        return real_entries(path, follow=follow)
-
-    monkeypatch.setattr(store, "_entries", entries)
-    (repo,) = store.scan(s.repositories)
+    revs = f"{REPOSITORIES}/r/_manifests/revisions/sha256"
+    # What a flaky network mount does now and then.
+    faulty = Faulty(s.storage, {("list", revs): PermissionError(13, "Permission denied")})
+    (repo,) = store.scan(faulty)  # type: ignore[arg-type]
     assert not repo.complete
 
 
 def test_unreadable_store_root_fails_instead_of_looking_empty(
     s: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_entries = store._entries
-
-    def entries(path: Path, *, follow: bool = False) -> list[tuple[str, bool]]:
-        if Path(path) == s.repositories:  # e.g. the Storage Box mount went away
-            raise OSError(112, "Host is down")
-        return real_entries(path, follow=follow)
-
-    monkeypatch.setattr(store, "_entries", entries)
+    # e.g. the Storage Box mount went away
+    faulty = Faulty(s.storage, {("list", REPOSITORIES): OSError(112, "Host is down")})
     with pytest.raises(OSError, match="Host is down"):
-        store.scan(s.repositories)
+        store.scan(faulty)  # type: ignore[arg-type]
 
 
 def test_symlinked_registry_directory_is_not_listed(s: Store, tmp_path: Path) -> None:
@@ -148,5 +137,5 @@ def test_symlinked_registry_directory_is_not_listed(s: Store, tmp_path: Path) ->
     tags_dir = s.repo("r") / "_manifests" / "tags"
     shutil.rmtree(tags_dir)
     os.symlink(elsewhere.repositories / "victim" / "_manifests" / "tags", tags_dir)
-    (repo,) = store.scan(s.repositories)
+    (repo,) = store.scan(s.storage)
     assert repo.tags == () and not repo.complete  # refused, so nothing here is deleted

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -14,7 +16,7 @@ import pytest
 from registry_janitor import config
 from registry_janitor.output import Output
 from registry_janitor.sweep import Janitor, SweepStats
-from synthetic import Store
+from synthetic import Faulty, Store
 
 NOW = time.time()
 OLD = NOW - 86400
@@ -26,7 +28,8 @@ def s(tmp_path: Path) -> Store:
 
 
 def prune(s: Store, stop: threading.Event | None = None, **flags: object) -> SweepStats:
-    cfg = config.load({"data_dir": str(s.root), **flags}, env={})
+    # No settle wait: nothing pushes during these tests.
+    cfg = config.load({"data_dir": str(s.root), "gc_settle": "0", **flags}, env={})
     with ThreadPoolExecutor(4) as pool, open(os.devnull, "w") as sink:
         j = Janitor(cfg, Output(as_json=True, stream=sink), pool, stop)
         return j.sweep(run_prune=True, run_gc=False)
@@ -91,12 +94,38 @@ def test_shared_digest_survives_deleting_one_of_its_tags(s: Store) -> None:
     assert revisions(s, "r") == {img}
 
 
-def test_overwritten_tag_leaves_its_old_revision_unlinked(s: Store) -> None:
+def seen_unreachable_since(s: Store, when: float) -> None:
+    """Pretend every entry of the first-seen state file was first seen at `when`."""
+    path = s.root / ".registry-janitor.unreachable"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({r: {d: when for d in seen} for r, seen in state.items()}))
+
+
+def test_overwritten_tag_leaves_its_old_revision_linked_for_a_while(s: Store) -> None:
+    """The previous `latest`, pushed long ago, stays pullable by digest for the revision grace
+    after the sweep that first saw it unreachable, not just after its own push."""
+    first, second = s.image("first"), s.image("second")
+    s.revision("r", first)  # pushed two days ago, then `latest` moved on
+    s.tag("r", "latest", second, OLD)
+    stats = prune(s)
+    assert revisions(s, "r") == {first, second}
+    assert stats.manifests_unlinked == 0 and stats.manifests_spared == 1
+    assert prune(s).manifests_unlinked == 0  # still within the hour since first seen
+    seen_unreachable_since(s, NOW - 3601)
+    stats = prune(s)
+    assert revisions(s, "r") == {second} and stats.manifests_unlinked == 1
+    assert json.loads((s.root / ".registry-janitor.unreachable").read_text()) == {}
+
+
+def test_a_revision_tagged_again_starts_its_wait_over(s: Store) -> None:
     first, second = s.image("first"), s.image("second")
     s.revision("r", first)
     s.tag("r", "latest", second, OLD)
-    stats = prune(s)
-    assert revisions(s, "r") == {second} and stats.manifests_unlinked == 1
+    prune(s)
+    seen_unreachable_since(s, NOW - 3601)
+    s.tag("r", "again", first, NOW - 10)  # tagged again: reachable, leaves the state
+    prune(s, keep_last_n=5)
+    assert json.loads((s.root / ".registry-janitor.unreachable").read_text()) == {}
 
 
 def test_gc_delete_untagged_false_unlinks_nothing(s: Store) -> None:
@@ -113,7 +142,9 @@ def test_young_untagged_revision_waits_for_min_age(s: Store) -> None:
     s.revision("r", old, mtime=NOW - 7200)
     s.tag("r", "t", tagged, OLD)
     prune(s, keep_min_age="1h")
-    assert revisions(s, "r") == {young, tagged}
+    seen_unreachable_since(s, NOW - 7200)  # both first seen unreachable long ago
+    prune(s, keep_min_age="1h")
+    assert revisions(s, "r") == {young, tagged}  # pushed a minute ago: still waits
 
 
 def test_unreadable_kept_manifest_blocks_unlinking_in_that_repository(s: Store) -> None:
@@ -173,8 +204,9 @@ def test_dry_run_changes_nothing(s: Store) -> None:
     before = tree_hash(s.root)
     stats = prune(s, keep_last_n=1, dry_run=True)
     assert tree_hash(s.root) == before
-    assert stats.tags_deleted == 4 and stats.manifests_unlinked == 5
-    assert stats.leftovers_removed == 1
+    # The orphan was never seen unreachable before: spared; the deleted tags' go at once.
+    assert stats.tags_deleted == 4 and stats.manifests_unlinked == 4
+    assert stats.manifests_spared == 1 and stats.leftovers_removed == 1
 
 
 def test_stop_before_start_touches_nothing(s: Store) -> None:
@@ -187,27 +219,24 @@ def test_stop_before_start_touches_nothing(s: Store) -> None:
 
 
 def test_interrupted_tag_deletion_is_never_half_visible(s: Store) -> None:
-    """Deleting current/link first: a tag dir is either complete or has no link."""
+    """Where a rename is impossible, current/link goes first: a tag dir is either complete or
+    has no link."""
+    from registry_janitor import executor, store
+
     img = s.image("x")
     s.tag("r", "t", img, OLD)
     s.tag("r", "keep", s.image("y"), OLD + 10)
-    from registry_janitor import executor, store
-
-    (repo,) = store.scan(s.repositories)
+    (repo,) = store.scan(s.storage)
     calls: list[str] = []
-    real_rmtree = executor.shutil.rmtree
 
-    def rmtree(path: str) -> None:
-        calls.append(str(path))
-        assert not (Path(path) / "current" / "link").exists() or "revisions" in str(path)
-        real_rmtree(path)
+    def watch(method: str, args: tuple[object, ...]) -> None:
+        if method == "delete":
+            calls.append(str(args[0]))
 
-    executor.shutil.rmtree = rmtree  # type: ignore[assignment]
-    try:
-        executor.delete_tag(repo, "t")
-    finally:
-        executor.shutil.rmtree = real_rmtree
-    assert calls and tags(s, "r") == {"keep"}
+    no_rename = Faulty(s.storage, before=watch, fail_all={"move": OSError(errno.EXDEV, "x")})
+    assert executor.delete_tag(no_rename, repo, "t")  # type: ignore[arg-type]
+    tag = f"{repo.path}/_manifests/tags/t"
+    assert calls == [f"{tag}/current/link", tag] and tags(s, "r") == {"keep"}
 
 
 def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
@@ -221,8 +250,8 @@ def test_stop_mid_sweep_finishes_the_current_tag_and_starts_no_other(
     real = executor.delete_tag
     done: list[str] = []
 
-    def delete_then_signal(repo: object, tag: str, *args: object) -> bool:
-        result = real(repo, tag, *args)  # type: ignore[arg-type]
+    def delete_then_signal(storage: object, repo: object, tag: str, *args: object) -> bool:
+        result = real(storage, repo, tag, *args)  # type: ignore[arg-type]
         done.append(tag)
         stop.set()  # as the SIGTERM handler does
         return result
@@ -249,10 +278,9 @@ def test_deleting_a_tag_never_follows_a_planted_symlink(
     current = s.repositories / "r" / "_manifests" / "tags" / "t" / "current"
     shutil.rmtree(current)
     os.symlink(victim, current)
-    (repo,) = store.scan(s.repositories)
-    trash = s.root / "trash"
-    trash.mkdir()
-    executor.delete_tag(repo, "t", trash if use_trash else None)
+    (repo,) = store.scan(s.storage)
+    target = s.storage if use_trash else Faulty(s.storage, fail_all={"move": OSError(18, "x")})
+    executor.delete_tag(target, repo, "t")  # type: ignore[arg-type]
     assert (victim / "link").read_text() == "precious"
     assert tags(s, "r") == set()
 
@@ -266,15 +294,18 @@ def test_a_failed_deletion_fails_the_sweep_and_the_rest_goes_on(
         s.tag("r", f"t{i}", s.image(str(i)), OLD + i)
     real = executor.delete_tag
 
-    def flaky(repo: object, tag: str, *args: object) -> bool:
+    def flaky(storage: object, repo: object, tag: str, *args: object) -> bool:
         if tag == "t1":
             raise OSError(5, "Input/output error")
-        return real(repo, tag, *args)  # type: ignore[arg-type]
+        return real(storage, repo, tag, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(executor, "delete_tag", flaky)
     stats = prune(s, keep_last_n=1)
     assert stats.errors == 1 and not stats.ok
     assert tags(s, "r") == {"t3", "t1"} and stats.tags_deleted == 2
+    # The tag that could not be deleted still points at its manifest: it stays linked.
+    link = s.repositories / "r" / "_manifests" / "tags" / "t1" / "current" / "link"
+    assert link.read_text() in revisions(s, "r") and stats.manifests_unlinked == 2
 
 
 def test_unusual_but_valid_names(s: Store) -> None:
@@ -298,21 +329,15 @@ def test_deletions_pass_through_the_trash_and_a_crash_leaves_only_trash(s: Store
     s.tag("r", "t", s.image("x"), OLD)
     s.tag("r", "keep", s.image("y"), OLD + 10)
     trash = s.root / ".registry-janitor-trash"
-    trash.mkdir()
-    (repo,) = store.scan(s.repositories)
+    (repo,) = store.scan(s.storage)
     seen: list[set[str]] = []
-    real_remove = executor.remove_tree
 
-    def remove_tree(name: str, dir_fd: int | None = None) -> None:
-        if dir_fd is None:  # the trash entry: the registry must no longer see the tag
+    def watch(method: str, args: tuple[object, ...]) -> None:
+        if method == "delete":  # the trash entry: the registry must no longer see the tag
+            assert str(args[0]).startswith(".registry-janitor-trash/")
             seen.append(tags(s, "r"))
-        real_remove(name, dir_fd)
 
-    executor.remove_tree = remove_tree  # type: ignore[assignment]
-    try:
-        executor.delete_tag(repo, "t", trash)
-    finally:
-        executor.remove_tree = real_remove
+    executor.delete_tag(Faulty(s.storage, before=watch), repo, "t")  # type: ignore[arg-type]
     assert seen == [{"keep"}] and list(trash.iterdir()) == []
     # What a crash between rename and delete leaves: trash the next sweep empties.
     (trash / "0123abcd" / "current").mkdir(parents=True)
@@ -331,14 +356,14 @@ def test_unreachable_revision_younger_than_an_hour_waits_by_default(s: Store) ->
 def test_tag_or_manifest_pushed_again_during_the_sweep_is_kept(
     s: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from registry_janitor import sweep
+    from registry_janitor import plan
 
     old_img, new_img = s.image("old"), s.image("new")
     s.tag("r", "pr-1", old_img, OLD)
     s.tag("r", "main", new_img, OLD + 10)
-    real_plan = sweep.plan_all
+    real_plan = plan.plan_all
 
-    def plan_then_push(*args: object, **kwargs: object) -> list[sweep.RepoPlan]:
+    def plan_then_push(*args: object, **kwargs: object) -> list[plan.RepoPlan]:
         plans = real_plan(*args, **kwargs)  # type: ignore[arg-type]
         # CI pushes pr-1 again after the scan decided to delete it.
         link = s.repositories / "r" / "_manifests" / "tags" / "pr-1" / "current" / "link"
@@ -347,7 +372,7 @@ def test_tag_or_manifest_pushed_again_during_the_sweep_is_kept(
         os.utime(rev, (NOW, NOW))
         return plans
 
-    monkeypatch.setattr(sweep, "plan_all", plan_then_push)
+    monkeypatch.setattr(plan, "plan_all", plan_then_push)
     stats = prune(s, keep_last_n=1)
     assert tags(s, "r") == {"pr-1", "main"} and revisions(s, "r") == {old_img, new_img}
     assert stats.tags_deleted == 0 and stats.manifests_unlinked == 0 and stats.ok

@@ -1,11 +1,11 @@
-"""executor.remove_tree: deletes a whole tree and never follows a symlink out of it."""
+"""storage.remove_tree and FilesystemStorage: deletes a whole tree and never follows a symlink out of it."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from registry_janitor import executor
+from registry_janitor import storage
 
 
 def _outside(tmp_path: Path) -> Path:
@@ -24,7 +24,7 @@ def test_removes_a_nested_tree_with_files_and_links_inside(tmp_path: Path) -> No
     (top / "index" / "sha256" / "ab" / "link").write_text("sha256:y")
     os.symlink(victim, top / "index" / "to-dir")
     os.symlink(victim / "sub" / "link", top / "to-file")
-    executor.remove_tree(str(top))
+    storage.remove_tree(str(top))
     assert not top.exists() and (tmp_path / "trash").is_dir()
     assert (victim / "sub" / "link").read_text() == "precious"
 
@@ -33,7 +33,7 @@ def test_a_symlink_at_the_top_is_unlinked_not_followed(tmp_path: Path) -> None:
     victim = _outside(tmp_path)
     top = tmp_path / "entry"
     os.symlink(victim, top)
-    executor.remove_tree(str(top))
+    storage.remove_tree(str(top))
     assert not top.is_symlink() and (victim / "sub" / "link").read_text() == "precious"
 
 
@@ -41,8 +41,8 @@ def test_relative_to_a_directory_descriptor_and_gone_is_fine(tmp_path: Path) -> 
     (tmp_path / "d" / "e").mkdir(parents=True)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        executor.remove_tree("d", fd)
-        executor.remove_tree("d", fd)  # already gone: no error
+        storage.remove_tree("d", fd)
+        storage.remove_tree("d", fd)  # already gone: no error
     finally:
         os.close(fd)
     assert not (tmp_path / "d").exists()
@@ -50,5 +50,39 @@ def test_relative_to_a_directory_descriptor_and_gone_is_fine(tmp_path: Path) -> 
 
 def test_a_plain_file_is_unlinked(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    executor.remove_tree(str(tmp_path / "f"))
+    storage.remove_tree(str(tmp_path / "f"))
     assert not (tmp_path / "f").exists()
+
+
+def test_filesystem_storage_never_follows_a_symlink_below_the_root(tmp_path: Path) -> None:
+    victim = _outside(tmp_path)
+    root = tmp_path / "data"
+    (root / "docker").mkdir(parents=True)
+    os.symlink(victim, root / "docker" / "planted")
+    fs = storage.FilesystemStorage(root)
+    try:
+        assert fs.list("docker") == [storage.Entry("planted", False)]
+        data, st2 = fs.read("docker/planted", 100)
+        assert data == b"" and not st2.is_file
+        fs.delete("docker/planted")
+        assert not (root / "docker" / "planted").exists()
+    finally:
+        fs.close()
+    assert (victim / "sub" / "link").read_text() == "precious"
+
+
+def test_filesystem_storage_move_creates_the_parent_and_reports_a_missing_source(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    (root / "a" / "x").mkdir(parents=True)
+    fs = storage.FilesystemStorage(root)
+    fs.move("a/x", "b/c/x")
+    assert (root / "b" / "c" / "x").is_dir()
+    try:
+        fs.move("a/x", "b/c/y")
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("moving a missing source must raise FileNotFoundError")
+    fs.close()

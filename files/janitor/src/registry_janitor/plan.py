@@ -1,0 +1,213 @@
+"""What a prune will do, decided from the scan: reads (manifests, a few stats), never writes.
+
+The dry run prints this plan; the real run applies it (sweep.py), so there is one code path.
+
+Unreachable revisions (manifests no remaining tag reaches) are unlinked only once they have
+been unreachable for a while (REVISION_GRACE, or KEEP_MIN_AGE if longer):
+- a revision whose last tag this very prune deletes (and, for an index, its children): dated
+  by its own push (its link's mtime), since the policy already decided its tag goes;
+- any other (a `latest` overwritten by a newer push, a platform manifest uploaded before its
+  index, a push by digest): dated from when a prune first saw it unreachable, kept in a small
+  state file, so someone pulling the previous `latest` by digest keeps it for that long after
+  the overwrite, whenever it was pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from registry_janitor import manifests, retention, store
+from registry_janitor.policy import Policy, Rule
+from registry_janitor.records import Repository, Tag
+from registry_janitor.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Seconds a repository's `_layers` must have been quiet before an empty repository is removed:
+# a push links its layers before it uploads the manifest.
+EMPTY_REPOSITORY_AGE = retention.LEFTOVER_TAG_AGE
+
+# Default REVISION_GRACE: a multi-arch push uploads its platform manifests before the index
+# that reaches them.
+REVISION_GRACE = 3600
+
+# In the data directory: when each unreachable revision was first seen unreachable.
+UNREACHABLE_FILE = ".registry-janitor.unreachable"
+
+
+@dataclass
+class RepoPlan:
+    repository: Repository
+    rule: Rule
+    decisions: list[retention.TagDecision] = field(default_factory=list)
+    leftovers: list[Tag] = field(default_factory=list)
+    unlink: list[str] = field(default_factory=list)
+    unlink_mtimes: dict[str, float] = field(default_factory=dict)  # revision link mtime seen
+    spared: int = 0  # unreachable revisions not unreachable for long enough yet
+    remove_repository: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def deleted(self) -> list[retention.TagDecision]:
+        return [d for d in self.decisions if not d.keep]
+
+    @property
+    def kept(self) -> list[retention.TagDecision]:
+        return [d for d in self.decisions if d.keep]
+
+
+FirstSeen = dict[str, dict[str, float]]  # repository -> digest -> first seen unreachable
+
+
+def load_first_seen(storage: Storage) -> FirstSeen:
+    try:
+        raw, _ = storage.read(UNREACHABLE_FILE, 64 << 20)
+        data = json.loads(raw or b"{}")
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        # Only delays unlinking (everything counts as first seen now): never deletes more.
+        log.warning("cannot read %s (%s); starting it again", UNREACHABLE_FILE, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        repo: {d: float(t) for d, t in seen.items() if isinstance(t, (int, float))}
+        for repo, seen in data.items()
+        if isinstance(repo, str) and isinstance(seen, dict)
+    }
+
+
+def save_first_seen(storage: Storage, seen: FirstSeen) -> None:
+    storage.write(UNREACHABLE_FILE, json.dumps(seen, separators=(",", ":")).encode())
+
+
+def _decide(repo: Repository, rule: Rule, now: float) -> RepoPlan:
+    plan = RepoPlan(repo, rule)
+    if not repo.complete:
+        plan.decisions = [
+            retention.TagDecision(t, True, "repository not fully readable") for t in repo.tags
+        ]
+        return plan
+    plan.decisions = retention.decide(repo.tags, rule, now)
+    plan.leftovers = [t for t in repo.tags if retention.is_leftover(t, now)]
+    return plan
+
+
+def _mtime(storage: Storage, path: str) -> float | str | None:
+    """mtime; None when gone; the error text for any other failure (keeps the item)."""
+    try:
+        return storage.stat(path).mtime
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror or exc}"
+
+
+def plan_all(
+    repos: Sequence[Repository],
+    policy: Policy,
+    now: float,
+    reader: manifests.ManifestReader,
+    storage: Storage,
+    *,
+    unlink_untagged: bool,
+    revision_grace: int = REVISION_GRACE,
+    first_seen: FirstSeen | None = None,
+    pool: Executor | None = None,
+) -> list[RepoPlan]:
+    """Decide everything for every repository. `first_seen` is updated in place (the
+    caller saves it when it applies the plan).
+
+    The I/O is batched across repositories (one manifest walk, one batch of stats), so on a
+    slow filesystem the number of sequential round-trip waves does not grow with the number
+    of repositories.
+    """
+    seen = first_seen if first_seen is not None else {}
+    plans = [_decide(r, policy.rule_for(r.name), now) for r in repos]
+    active = [p for p in plans if p.repository.complete]
+    if unlink_untagged:
+        _plan_unlinks(active, now, reader, storage, revision_grace, seen, pool)
+    empty = []
+    for p in active:
+        going = {d.tag for d in p.deleted} | set(p.leftovers)
+        left_tags = [t for t in p.repository.tags if t not in going]
+        left_revisions = p.repository.revisions - set(p.unlink)
+        if not left_tags and not left_revisions and p.repository.uploads == 0:
+            empty.append(p)
+
+    def quiet_since(p: RepoPlan) -> float | str | None:
+        # A push links its layers before it uploads the manifest: wait for a quiet `_layers`.
+        # Without `_layers/sha256`, the repository directory's own mtime.
+        seen_at = _mtime(storage, f"{p.repository.path}/_layers/sha256")
+        return _mtime(storage, p.repository.path) if seen_at is None else seen_at
+
+    for p, quiet in zip(empty, store.pmap_batched(pool, quiet_since, empty), strict=True):
+        if isinstance(quiet, str):
+            p.errors.append(quiet)
+        elif quiet is not None:
+            p.remove_repository = now - quiet >= EMPTY_REPOSITORY_AGE
+    return plans
+
+
+def _plan_unlinks(
+    active: list[RepoPlan],
+    now: float,
+    reader: manifests.ManifestReader,
+    storage: Storage,
+    revision_grace: int,
+    seen: FirstSeen,
+    pool: Executor | None,
+) -> None:
+    roots = [retention.remaining_roots(p.decisions) for p in active]
+    manifests.closure(frozenset().union(*roots), reader)  # fills the cache for all
+    candidates: dict[int, list[str]] = {}
+    for p, repo_roots in zip(active, roots, strict=True):
+        reach = manifests.closure(repo_roots, reader)  # served from the cache
+        if not reach.complete:
+            log.warning(
+                "%s: cannot read manifest(s) %s; not unlinking any revision here",
+                p.repository.name,
+                ", ".join(sorted(reach.unreadable)),
+            )
+            continue
+        candidates[id(p)] = sorted(p.repository.revisions - reach.reachable)
+    jobs = [(p, d) for p in active for d in candidates.get(id(p), [])]
+    stats = store.pmap_batched(
+        pool,
+        lambda job: _mtime(
+            storage,
+            f"{job[0].repository.path}/_manifests/revisions/sha256/"
+            f"{job[1].removeprefix('sha256:')}/link",
+        ),
+        jobs,
+    )
+    # What this prune's own tag deletions make unreachable: the deleted tags' manifests and,
+    # for an index, its children (read once; the cache serves every repository).
+    targets = {id(p): {x.tag.digest for x in p.deleted if x.tag.digest} for p in active}
+    manifests.closure(frozenset().union(*targets.values()), reader)
+    deleted_targets = {id(p): manifests.closure(targets[id(p)], reader).reachable for p in active}
+    still: FirstSeen = {}
+    for (p, d), written in zip(jobs, stats, strict=True):
+        if isinstance(written, str):
+            p.errors.append(written)
+            continue
+        if written is None:
+            continue  # unlinked meanwhile
+        name = p.repository.name
+        threshold = max(p.rule.keep_min_age, revision_grace)
+        first = now if d in deleted_targets[id(p)] else seen.get(name, {}).get(d, now)
+        since = written if d in deleted_targets[id(p)] else max(first, written)
+        if now - since >= threshold:
+            p.unlink.append(d)
+            p.unlink_mtimes[d] = written
+        else:
+            p.spared += 1
+            still.setdefault(name, {})[d] = first
+    # Only what is unreachable now stays in the state: a revision tagged again starts over.
+    seen.clear()
+    seen.update(still)

@@ -1,0 +1,83 @@
+"""Plain records the other modules pass around: what the store holds, what a sweep did.
+
+No I/O here, so pure code (retention, planning, output) imports only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from registry_janitor.storage import REPOSITORIES
+
+
+@dataclass(frozen=True)
+class Tag:
+    repository: str
+    name: str
+    digest: str | None  # from current/link; None: the link is missing or not a digest
+    mtime: float  # current/link mtime = last push; the tag directory's mtime without a link
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    tags: tuple[Tag, ...] = ()
+    revisions: frozenset[str] = frozenset()  # "sha256:<hex>" of _manifests/revisions
+    uploads: int = 0  # entries in _uploads (uploads in progress)
+    has_manifests: bool = True  # False: only `_layers` (a first push refused or aborted)
+    # Something could not be read (other than "gone"): never delete anything here.
+    errors: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        """Where it lives in the storage."""
+        return f"{REPOSITORIES}/{self.name}"
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+
+@dataclass
+class SweepStats:
+    """What one run did; filled as it goes, so a run that fails still reports its part."""
+
+    command: str = "sweep"
+    dry_run: bool = False
+    repositories: int = 0
+    tags_seen: int = 0
+    tags_kept: int = 0
+    tags_deleted: int = 0
+    manifests_unlinked: int = 0
+    manifests_spared: int = 0  # unreachable, but not unreachable for long enough yet
+    leftovers_removed: int = 0
+    repositories_removed: int = 0
+    errors: int = 0
+    gc_ran: bool = False
+    gc_engine: str = "janitor"
+    gc_ok: bool = True
+    gc_message: str = ""
+    gc_duration: float = 0.0
+    blobs_marked: int = 0
+    blobs_deleted: int = 0
+    blobs_spared: int = 0  # unreferenced, but younger than the grace period
+    blobs_restored: int = 0  # held, then put back: a manifest pushed meanwhile names them
+    bytes_reclaimed: int = 0
+    blobs_unknown_size: int = 0
+    duration: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    stopped: bool = False
+
+    @property
+    def removed_anything(self) -> bool:
+        return (
+            self.tags_deleted
+            + self.manifests_unlinked
+            + self.leftovers_removed
+            + self.repositories_removed
+            > 0
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.gc_ok

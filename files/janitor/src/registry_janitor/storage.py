@@ -1,0 +1,264 @@
+"""The janitor's only access to the registry's storage: list, stat, read, write, move, delete.
+
+Paths are `/`-separated and relative to the registry's root directory (the data directory),
+as the registry's own storage drivers name them: `docker/registry/v2/blobs/sha256/ab/<hex>/data`.
+Retention, reachability and garbage collection go through this interface and never touch `os`
+directly, so another backend (an object store) needs no change to them.
+
+Errors are the built-in ones: `FileNotFoundError` when a path does not exist (the only error
+that may mean "gone"), any other `OSError` when it cannot be read or changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from registry_janitor import atomic
+
+V2 = "docker/registry/v2"
+REPOSITORIES = f"{V2}/repositories"
+BLOBS = f"{V2}/blobs/sha256"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    is_dir: bool  # a real directory: never a symlink to one
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    mtime: float
+    is_dir: bool = False
+    is_file: bool = True  # a regular file (not a symlink, device or directory)
+
+
+class Storage(Protocol):
+    def list(self, path: str) -> list[Entry]:
+        """Entries of a directory; FileNotFoundError when it does not exist."""
+        ...
+
+    def stat(self, path: str) -> Stat:
+        """The path itself, never what a symlink points at."""
+        ...
+
+    def read(self, path: str, limit: int) -> tuple[bytes, Stat]:
+        """Up to `limit` bytes of a regular file, and its stat from the same handle.
+        Not a regular file (a directory, a symlink): b"" and a stat with is_file False."""
+        ...
+
+    def write(self, path: str, data: bytes) -> None:
+        """Replace the file atomically (a reader sees the old or the new content)."""
+        ...
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename in one step. `dst` must not exist; its parent is created when missing."""
+        ...
+
+    def delete(self, path: str) -> None:
+        """Remove a file or a whole directory tree; nothing when it does not exist."""
+        ...
+
+    def rmdir(self, path: str) -> None:
+        """Remove a directory only if it is empty (OSError otherwise)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class FilesystemStorage:
+    """The registry's filesystem driver: a directory tree under `root`.
+
+    Built for a slow network filesystem, where every path component can cost a round trip:
+    the directories most paths go through (repositories, blobs) are opened once and paths
+    below them are resolved from those descriptors. Symlinks are never followed below the
+    root: a planted link cannot make the janitor read or delete outside the store.
+    """
+
+    def __init__(self, root: Path, anchors: tuple[str, ...] = (REPOSITORIES, BLOBS)) -> None:
+        self.root = root
+        self._anchors = sorted(anchors, key=len, reverse=True)
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FilesystemStorage({str(self.root)!r})"
+
+    def _anchor_fd(self, anchor: str) -> int | None:
+        with self._lock:
+            fd = self._fds.get(anchor)
+            if fd is None:
+                try:
+                    fd = os.open(self.root / anchor, _DIR)
+                except OSError:
+                    return None  # not there yet (a fresh store): full paths until it is
+                self._fds[anchor] = fd
+            return fd
+
+    def _at(self, path: str) -> tuple[int | None, str]:
+        """(directory descriptor or None, path relative to it)."""
+        for anchor in self._anchors:
+            if path == anchor or path.startswith(anchor + "/"):
+                fd = self._anchor_fd(anchor)
+                if fd is not None:
+                    return fd, path[len(anchor) + 1 :] or "."
+                break
+        return None, str(self.root / path) if path else str(self.root)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def list(self, path: str) -> list[Entry]:
+        dir_fd, rel = self._at(path)
+        # The root and the anchors may be symlinks the user configured; nothing below them.
+        follow = rel == "." or (dir_fd is None and path in ("", *self._anchors))
+        fd = os.open(rel, _DIR | (0 if follow else _NOFOLLOW), dir_fd=dir_fd)
+        try:
+            with os.scandir(fd) as it:
+                return [Entry(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        finally:
+            os.close(fd)
+
+    def stat(self, path: str) -> Stat:
+        dir_fd, rel = self._at(path)
+        return _stat(os.lstat(rel, dir_fd=dir_fd))
+
+    def read(self, path: str, limit: int) -> tuple[bytes, Stat]:
+        dir_fd, rel = self._at(path)
+        try:
+            fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink where a file should be
+                return b"", Stat(0, 0.0, is_dir=False, is_file=False)
+            raise
+        try:
+            st = _stat(os.fstat(fd))
+            if not st.is_file:
+                return b"", st
+            chunks = []
+            left = limit
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks), st
+        finally:
+            os.close(fd)
+
+    def write(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(target, data)
+
+    def move(self, src: str, dst: str) -> None:
+        src_fd, src_rel = self._at(src)
+        dst_fd, dst_rel = self._at(dst)
+        try:
+            os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except FileNotFoundError:
+            parent = dst.rpartition("/")[0]
+            if not parent or _exists(self, parent) or not _exists(self, src):
+                raise
+            (self.root / parent).mkdir(parents=True, exist_ok=True)
+            os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+    def _parent(self, path: str) -> tuple[int | None, str, bool]:
+        """(descriptor of the parent directory or None, last component, owned). The parent is
+        opened with O_NOFOLLOW: a parent swapped for a symlink is never followed."""
+        dir_fd, rel = self._at(path)
+        parent, _, name = rel.rpartition("/")
+        if not parent:
+            return dir_fd, name, False
+        return os.open(parent, _DIR_FLAGS, dir_fd=dir_fd), name, True
+
+    def delete(self, path: str) -> None:
+        try:
+            fd, name, owned = self._parent(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return  # nothing of ours below a symlink; the caller removes the link itself
+            raise
+        try:
+            remove_tree(name, fd)
+        finally:
+            if owned and fd is not None:
+                os.close(fd)
+
+    def rmdir(self, path: str) -> None:
+        fd, name, owned = self._parent(path)
+        try:
+            os.rmdir(name, dir_fd=fd)
+        finally:
+            if owned and fd is not None:
+                os.close(fd)
+
+
+def _exists(storage: FilesystemStorage, path: str) -> bool:
+    try:
+        storage.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _stat(st: os.stat_result) -> Stat:
+    import stat as s
+
+    return Stat(st.st_size, st.st_mtime, s.S_ISDIR(st.st_mode), s.S_ISREG(st.st_mode))
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+
+
+def remove_tree(name: str, dir_fd: int | None = None) -> None:
+    """Delete `name` (relative to `dir_fd`) and all below it; a symlink is unlinked, never
+    followed. What shutil.rmtree does, in fewer operations (no lstat + fstat per directory):
+    each directory is opened with O_NOFOLLOW, so a directory swapped for a symlink mid-way is
+    unlinked as a link, and entries are removed relative to their directory's descriptor.
+    """
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        try:  # a symlink or a file
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        return
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for entry, is_dir in entries:
+            if is_dir:
+                remove_tree(entry, fd)
+                continue
+            try:
+                os.unlink(entry, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
