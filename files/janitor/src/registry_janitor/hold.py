@@ -106,8 +106,13 @@ class Hold:
         return [n.replace("%", "/") for n in list_names(self.storage, _LAYERS)]
 
     def repository_in_use(self, repo: str) -> bool:
-        """A push reached the repository after (or while) it was removed."""
-        return _exists(self.storage, f"{REPOSITORIES}/{repo}/_manifests")
+        """A push reached the repository after (or while) it was removed: it has a revision
+        or a tag again (a push links its manifest as a revision before it tags it)."""
+        base = f"{REPOSITORIES}/{repo}/_manifests"
+        return bool(
+            list_names(self.storage, f"{base}/revisions/sha256")
+            or list_names(self.storage, f"{base}/tags")
+        )
 
     # -- after a crash -------------------------------------------------------------------
     def resolve_interrupted(self) -> tuple[int, int]:

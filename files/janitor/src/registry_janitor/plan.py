@@ -48,6 +48,9 @@ class RepoPlan:
     unlink: list[str] = field(default_factory=list)
     unlink_mtimes: dict[str, float] = field(default_factory=dict)  # revision link mtime seen
     spared: int = 0  # unreachable revisions not unreachable for long enough yet
+    # Unreachable because this prune deletes their last tag: recorded before the tags go, so
+    # a run killed in between still dates them by their push next time.
+    condemned: set[str] = field(default_factory=set)
     remove_repository: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -61,6 +64,8 @@ class RepoPlan:
 
 
 FirstSeen = dict[str, dict[str, float]]  # repository -> digest -> first seen unreachable
+# In the state instead of a time: a prune deleted (or was deleting) the revision's last tag.
+CONDEMNED = 0.0
 
 
 def load_first_seen(storage: Storage) -> FirstSeen:
@@ -84,6 +89,15 @@ def load_first_seen(storage: Storage) -> FirstSeen:
 
 def save_first_seen(storage: Storage, seen: FirstSeen) -> None:
     storage.write(UNREACHABLE_FILE, json.dumps(seen, separators=(",", ":")).encode())
+
+
+def with_condemned(seen: FirstSeen, plans: Sequence[RepoPlan]) -> FirstSeen:
+    """The state plus every revision the plan makes unreachable, marked CONDEMNED."""
+    out = {repo: dict(digests) for repo, digests in seen.items()}
+    for p in plans:
+        for d in p.condemned:
+            out.setdefault(p.repository.name, {})[d] = CONDEMNED
+    return out
 
 
 def _decide(repo: Repository, rule: Rule, now: float) -> RepoPlan:
@@ -142,15 +156,15 @@ def plan_all(
 
     def quiet_since(p: RepoPlan) -> float | str | None:
         # A push links its layers before it uploads the manifest: wait for a quiet `_layers`.
-        # Without `_layers/sha256`, the repository directory's own mtime.
-        seen_at = _mtime(storage, f"{p.repository.path}/_layers/sha256")
-        return _mtime(storage, p.repository.path) if seen_at is None else seen_at
+        # None: no `_layers/sha256` at all (nothing links a layer there; an upload in progress
+        # would show in `_uploads`).
+        return _mtime(storage, f"{p.repository.path}/_layers/sha256")
 
     for p, quiet in zip(empty, store.pmap_batched(pool, quiet_since, empty), strict=True):
         if isinstance(quiet, str):
             p.errors.append(quiet)
-        elif quiet is not None:
-            p.remove_repository = now - quiet >= EMPTY_REPOSITORY_AGE
+        else:
+            p.remove_repository = quiet is None or now - quiet >= EMPTY_REPOSITORY_AGE
     return plans
 
 
@@ -200,8 +214,12 @@ def _plan_unlinks(
             continue  # unlinked meanwhile
         name = p.repository.name
         threshold = max(p.rule.keep_min_age, revision_grace)
-        first = now if d in deleted_targets[id(p)] else seen.get(name, {}).get(d, now)
-        since = written if d in deleted_targets[id(p)] else max(first, written)
+        first = seen.get(name, {}).get(d, now)
+        if d in deleted_targets[id(p)] or first == CONDEMNED:
+            p.condemned.add(d)
+            first, since = CONDEMNED, written
+        else:
+            since = max(first, written)
         if now - since >= threshold:
             p.unlink.append(d)
             p.unlink_mtimes[d] = written

@@ -171,8 +171,10 @@ class FilesystemStorage:
         try:
             os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         except FileNotFoundError:
+            # The source is gone, or the target's parent does not exist yet. Never decide by
+            # whether the parent existed: another thread may have just created it.
             parent = dst.rpartition("/")[0]
-            if not parent or _exists(self, parent) or not _exists(self, src):
+            if not parent or not _exists(self, src):
                 raise
             (self.root / parent).mkdir(parents=True, exist_ok=True)
             os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)

@@ -159,12 +159,13 @@ class Janitor:
                     repository=p.repository.name,
                 )
                 stats.errors += 1
+        if not cfg.dry_run and cfg.gc_delete_untagged and any(p.condemned for p in plans):
+            # Before the first tag goes: a kill between tags and revisions must not make the
+            # next run wait an hour for what this one decided.
+            self._save_first_seen(plan.with_condemned(first_seen, plans))
         unlinked = self._apply(plans, stats)
         if not cfg.dry_run and cfg.gc_delete_untagged:
-            try:
-                plan.save_first_seen(self.storage, first_seen)
-            except OSError as exc:
-                log.warning("cannot save %s: %s", plan.UNREACHABLE_FILE, exc)
+            self._save_first_seen(first_seen)
         stats.phases.update(
             scan=round(t1 - t0, 3), plan=round(t2 - t1, 3), apply=round(time.monotonic() - t2, 3)
         )
@@ -181,6 +182,12 @@ class Janitor:
             if r.complete and r.has_manifests
         }
         return roots, [r.name for r in repos if not r.complete]
+
+    def _save_first_seen(self, seen: plan.FirstSeen) -> None:
+        try:
+            plan.save_first_seen(self.storage, seen)
+        except OSError as exc:
+            log.warning("cannot save %s: %s", plan.UNREACHABLE_FILE, exc)
 
     def _linked(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], list[str]]:
         """The roots for a collection run on its own."""
@@ -356,6 +363,11 @@ class Janitor:
     ) -> None:
         cfg = self.cfg
         warn_blobdescriptor(cfg.registry_config, self.out)
+        self.out.emit(
+            "gc_started",
+            f"collecting garbage (grace {cfg.gc_grace} s, settle {cfg.gc_settle} s)",
+            engine="janitor",
+        )
         t0 = time.monotonic()
         collector = Collector(
             self.storage,
@@ -391,6 +403,14 @@ class Janitor:
             self._held_layers = []
             pending.clear(self.gc_pending_file)
         stats.gc_duration = time.monotonic() - t0
+        if stats.gc_ok:
+            self.out.emit(
+                "gc_done",
+                f"gc done in {stats.gc_duration:.1f} s: {stats.blobs_deleted} blobs deleted",
+                duration=round(stats.gc_duration, 3),
+                blobs_deleted=stats.blobs_deleted,
+                bytes_reclaimed=stats.bytes_reclaimed,
+            )
 
     def _settle_layers(self, stats: SweepStats) -> None:
         """Held `_layers` of removed repositories, when no collection settled them."""
@@ -428,6 +448,13 @@ class Janitor:
             for line in result.output_tail:
                 self.out.emit("gc_output", f"gc: {line}", level=logging.ERROR)
             self.out.emit("gc_failed", f"gc failed: {result.message}", level=logging.ERROR)
+        else:
+            self.out.emit(
+                "gc_done",
+                f"gc done in {result.duration:.1f} s: {len(result.deleted)} blobs deleted",
+                duration=round(result.duration, 3),
+                blobs_deleted=len(result.deleted),
+            )
 
 
 def warn_blobdescriptor(config_path: Path, out: Output) -> None:

@@ -14,7 +14,7 @@ from registry import REGISTRY_BIN, Registry
 def run(
     registry: Registry, *args: str, command: str = "sweep", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base_env = {k: v for k, v in os.environ.items() if k not in _OURS}
+    base_env = {k: v for k, v in os.environ.items() if k not in _OURS} | TEST_DEFAULTS
     return subprocess.run(
         [
             sys.executable,
@@ -38,6 +38,11 @@ def run(
     )
 
 
+# Nothing pushes during most tests: held blobs need not wait for manifest pushes in flight.
+# Tests of the race set GC_SETTLE themselves.
+TEST_DEFAULTS = {"GC_SETTLE": "0"}
+
+
 def events(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
@@ -58,4 +63,9 @@ _OURS = {
     "JANITOR_METRICS_FILE",
     "JANITOR_LOCK_FILE",
     "JANITOR_CONCURRENCY",
+    "GC_ENGINE",
+    "GC_GRACE",
+    "GC_SETTLE",
+    "REVISION_GRACE",
+    "JANITOR_TEST_PAUSE_DIR",
 }

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import janitor
-import pytest
 import oci
+import pytest
 from registry import pull, push, running
 
 OLD = time.time() - 30 * 86400

@@ -73,7 +73,7 @@ def janitor_command(reg: Registry, command: str, *args: str, run_once: bool = Tr
 
 
 def janitor_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in janitor._OURS}
+    return {k: v for k, v in os.environ.items() if k not in janitor._OURS} | janitor.TEST_DEFAULTS
 
 
 def build(work: Path) -> Template:
@@ -229,8 +229,13 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def trash_entries(root: Path) -> list[str]:
-    trash = root / ".registry-janitor-trash"
-    return sorted(os.listdir(trash)) if trash.is_dir() else []
+    """What the janitor's trash and hold still hold."""
+    out = []
+    for folder in (".registry-janitor-trash", ".registry-janitor-held/blobs",
+                   ".registry-janitor-held/layers"):  # fmt: skip
+        if (root / folder).is_dir():
+            out += [f"{folder}/{name}" for name in os.listdir(root / folder)]
+    return sorted(out)
 
 
 @dataclass

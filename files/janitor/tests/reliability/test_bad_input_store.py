@@ -175,7 +175,7 @@ def plant_escapes(repos: Path, outside: Path) -> None:
 
 
 def sweep_with_symlinks(
-    template: crashstore.Template, tmp_path: Path, *, loops: bool
+    template: crashstore.Template, tmp_path: Path, *, loops: bool, extra: tuple[str, ...] = ()
 ) -> tuple[janitor.subprocess.CompletedProcess[str], Path]:
     reg = template.copy_to(tmp_path / "registry")
     outside = tmp_path / "outside"
@@ -185,7 +185,7 @@ def sweep_with_symlinks(
         (reg.repositories / "team" / "svc" / "self").symlink_to(".")
     outside_before = tree_hash(outside)
     start = time.monotonic()
-    result = janitor.run(reg, *template.sweep_args)
+    result = janitor.run(reg, *template.sweep_args, *extra)
     took = time.monotonic() - start
     print(f"exit {result.returncode} in {took:.2f} s\n{result.stderr[-3000:]}")
     assert took < 30, f"sweep took {took:.1f} s"
@@ -209,13 +209,18 @@ def test_symlinks_out_of_the_store_are_not_followed(
     assert result.returncode == 0, result.stderr
 
 
-def test_symlink_loop_ends_at_once_and_the_gc_failure_is_reported(
+def test_symlink_loop_ends_at_once_and_the_gc_engines_differ(
     template: crashstore.Template, tmp_path: Path
 ) -> None:
-    """The janitor's scan skips the loop; the registry's own garbage-collect follows it and
-    fails ("failed to parse repo name ci/loop/ci/loop/..."), so the sweep exits 1, says so,
-    and GC stays owed until someone removes the loop: loud, not silent, and nothing lost."""
-    result, root = sweep_with_symlinks(template, tmp_path, loops=True)
+    """The janitor's scan and its own collection skip the loop: the sweep succeeds. The
+    registry's own garbage-collect follows it and fails ("failed to parse repo name
+    ci/loop/ci/loop/..."), so with GC_ENGINE=registry the sweep exits 1, says so, and GC stays
+    owed until someone removes the loop: loud, not silent, and nothing lost."""
+    result, root = sweep_with_symlinks(template, tmp_path / "janitor", loops=True)
+    assert result.returncode == 0, result.stderr
+    result, root = sweep_with_symlinks(
+        template, tmp_path / "registry", loops=True, extra=("--gc-engine", "registry")
+    )
     assert result.returncode == 1, result.stderr
     assert "gc failed: garbage-collect exited 1" in result.stderr
     assert "ci/loop/ci/loop" in result.stderr  # the path names the loop

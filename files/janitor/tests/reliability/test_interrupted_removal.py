@@ -1,16 +1,14 @@
 """A SIGKILL inside the removal of an empty repository (found by the SIGKILL trials).
 
-`executor.remove_repository` used to remove `_manifests`, then `_layers`. A kill between the
-two left `<repo>/_layers` without `_manifests`: the janitor only counts a directory holding
-`_manifests` as a repository, so no later sweep finished the removal, while registry 2.8's
-catalog lists every directory holding `_layers`, so the repository stayed in `/v2/_catalog` for
-good. It now removes `_layers` first; this test kills it between the two and checks that the
-next sweep finishes the job.
+`executor.remove_repository` once removed `_manifests`, then `_layers`. A kill between the
+two left `<repo>/_layers` without `_manifests`, which registry 2.8's catalog lists for good.
+Now `_layers` goes first, into the janitor's hold (a push landing meanwhile gets its layer
+links back), then `_manifests`. This test kills it between the two and checks that the next
+sweep finishes the job: it settles the held `_layers` first, then removes the repository.
 
-Found by test_sigkill_sweep trial 41 (seed 20261127041, SIGKILL to the process group right
-after `manifest_unlinked` #7; the kill landed in the repository phase): the next sweep exited
-0 but left `scratch/tmp/_layers/sha256/*/link` behind. Here the kill point is placed exactly,
-in-process, by making the janitor die right after it moved `_layers` into its trash.
+Found by a SIGKILL trial (seed 20261127041, SIGKILL to the process group right after
+`manifest_unlinked` #7; the kill landed in the repository phase). Here the kill point is
+placed exactly, in-process, by making the janitor die right after it held `_layers`.
 """
 
 from __future__ import annotations
@@ -21,7 +19,8 @@ import crashstore
 import janitor
 import pytest
 from registry import Registry
-from registry_janitor import cli, executor
+from registry_janitor import cli
+from registry_janitor.hold import Hold
 
 
 class Killed(BaseException):
@@ -31,15 +30,13 @@ class Killed(BaseException):
 def crash_inside_repository_removal(
     reg: Registry, template: crashstore.Template, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = executor._to_trash
+    real = Hold.hold_layers
 
-    def dying(path: Path, trash: Path | None) -> bool:
-        moved = real(path, trash)
-        if path.name == "_layers":
-            raise Killed(path)  # `_layers` is gone, `_manifests` not yet
-        return moved
+    def dying(self: Hold, repo: str) -> bool:
+        real(self, repo)
+        raise Killed(repo)  # `_layers` is held, `_manifests` not removed yet
 
-    monkeypatch.setattr(executor, "_to_trash", dying)
+    monkeypatch.setattr(Hold, "hold_layers", dying)
     argv = ["prune", "--data-dir", str(reg.root), *template.sweep_args]
     with pytest.raises(Killed):
         cli.main(argv)

@@ -1,15 +1,18 @@
-"""Issue 6, item 2: SIGKILL the janitor at random points of prune, unlink and GC.
+"""SIGKILL the janitor at random points of prune, unlink and garbage collection.
 
->= 50 trials on copies of one store built by real pushes (crashstore). Each trial runs
+At least 50 trials on copies of one store built by real pushes (crashstore). Each trial runs
 `python -m registry_janitor sweep --run-once --json` and kills it
 
-- right after the k-th `tag_deleted`, k-th `manifest_unlinked` or the `repository_removed`
-  event (k drawn from the counts an uninterrupted sweep emits),
-- a random time after `gc_started` (within the measured GC duration), or
+- right after the k-th `tag_deleted`, `manifest_unlinked` or `blob_deleted`, or the
+  `repository_removed` event (k drawn from the counts an uninterrupted sweep emits),
+- at a phase boundary of the janitor's garbage collection (mark, hold, settle, restore,
+  delete), where its test hook pauses it,
+- a random time after `gc_started` (within the measured GC duration); every other such trial
+  runs the registry's own garbage-collect (GC_ENGINE=registry) instead, or
 - a pure random delay after the start (within the measured run time),
 
 with SIGKILL to the whole process group (what systemd does to the unit's cgroup) or to the
-janitor alone (the OOM killer: its `garbage-collect` child lives on until its next write to
+janitor alone (the OOM killer: a `garbage-collect` child lives on until its next write to
 the dead pipe; the trial waits for it). Then:
 
 - every tag the policy keeps is complete on disk (manifest, children, configs, layers, the
@@ -17,7 +20,7 @@ the dead pipe; the trial waits for it). Then:
 - every 5th trial, a registry on the crashed copy serves every kept tag to `skopeo copy`
   (`--all` for indexes);
 - the next sweep, not killed, exits 0 and leaves exactly the files an uninterrupted sweep
-  leaves: no trash, no GC owed, the kept set.
+  leaves: nothing in the trash or the hold, no GC owed, the kept set.
 
 A kill that lands after the janitor exited is a valid trial, counted as "completed before
 kill". Seeds are fixed and printed (RELIABILITY_SEED overrides the base seed).
@@ -40,11 +43,23 @@ import crashstore
 import janitor
 import pytest
 from registry import Registry, pull
+from registry_janitor import gc
 
-TRIALS = 60
+TRIALS = 70
 PULL_EVERY = 5
 SEED = int(os.environ.get("RELIABILITY_SEED", "20261127"))
-KINDS = ("tag_deleted", "manifest_unlinked", "repository_removed", "gc_started", "delay")
+# Garbage collection's phase boundaries, where the janitor's test hook pauses it
+# (JANITOR_TEST_PAUSE_DIR): the trial kills it there.
+PAUSES = tuple(f"pause:{phase}" for phase in gc.PHASES)
+KINDS = (
+    "tag_deleted",
+    "manifest_unlinked",
+    "repository_removed",
+    "gc_started",
+    "blob_deleted",
+    *PAUSES,
+    "delay",
+)
 # What each trial saw last before the kill (see test_kill_points_cover_every_phase).
 OUTCOMES: dict[int, str] = {}
 
@@ -57,6 +72,7 @@ class Plan:
     nth: int  # kill after the nth event of that type
     delay: float  # then wait this long (seconds)
     group: bool  # SIGKILL the process group, or the janitor alone
+    engine: str = "janitor"  # GC_ENGINE of the killed sweep
 
     def __str__(self) -> str:
         what = (
@@ -67,6 +83,7 @@ class Plan:
         return (
             f"trial {self.trial} seed {self.seed}: SIGKILL {what}"
             f" to {'the process group' if self.group else 'the janitor alone'}"
+            f" (gc engine {self.engine})"
         )
 
 
@@ -82,20 +99,26 @@ def plan(trial: int, ref: crashstore.Reference) -> Plan:
         delay = rng.uniform(0, ref.gc_seconds * 1.2)
     elif kind == "repository_removed":
         delay = rng.uniform(0, 0.005)
+    elif kind in PAUSES:
+        delay = 0.0
     else:
         nth = rng.randint(1, ref.counts[kind])
-    return Plan(trial, seed, kind, nth, delay, group)
+    engine = "registry" if kind == "gc_started" and (trial // len(KINDS)) % 2 else "janitor"
+    return Plan(trial, seed, kind, nth, delay, group, engine)
 
 
 @dataclass
 class Run:
     events: list[dict[str, object]] = field(default_factory=list)
     killed: bool = False
+    paused: str = ""  # the phase boundary the kill landed at
 
     @property
     def last_phase(self) -> str:
         if not self.killed:
             return "completed before kill"
+        if self.paused:
+            return f"at {self.paused}"
         seen = [str(e["event"]) for e in self.events if e["event"] in KINDS]
         return f"after {seen[-1]}" if seen else "before the first deletion"
 
@@ -114,6 +137,14 @@ def group_alive(pgid: int) -> bool:
 
 def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
     env = crashstore.janitor_env()
+    pauses = stderr.parent / "pauses"
+    if p.kind in PAUSES:
+        # Every other phase boundary passes at once; this one waits to be killed.
+        pauses.mkdir()
+        for phase in gc.PHASES:
+            if f"pause:{phase}" != p.kind:
+                (pauses / f"{phase}.go").touch()
+        env[gc.PAUSE_DIR_ENV] = str(pauses)
     cmd = crashstore.janitor_command(reg, "sweep", "--json", *args)
     run = Run()
     trigger = threading.Event()
@@ -136,7 +167,14 @@ def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if p.kind != "delay":
+    if p.kind in PAUSES:
+        reached = pauses / f"{p.kind.removeprefix('pause:')}.reached"
+        deadline = time.monotonic() + 60
+        while not reached.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, f"{p}: never reached {p.kind}"
+            time.sleep(0.01)
+        run.paused = p.kind if reached.exists() else ""
+    elif p.kind != "delay":
         assert trigger.wait(60), f"{p}: no {p.kind} event within 60 s"
     time.sleep(p.delay)
     if proc.poll() is None:
@@ -157,6 +195,7 @@ def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
             pytest.fail(f"{p}: garbage-collect still running 30 s after the janitor died")
         time.sleep(0.02)
     reader.join(10)
+    (stderr.parent / "events.json").write_text("\n".join(json.dumps(e) for e in run.events))
     return run
 
 
@@ -187,7 +226,8 @@ def test_sigkill_then_next_sweep(
     p = plan(trial, reference)
     print(p)
     reg = template.copy_to(tmp_path / "registry")
-    run = run_and_kill(reg, template.sweep_args, p, tmp_path / "killed.stderr")
+    args = [*template.sweep_args, "--gc-engine", p.engine]
+    run = run_and_kill(reg, args, p, tmp_path / "killed.stderr")
     OUTCOMES[trial] = run.last_phase
     print(f"{p}: {run.last_phase}, {len(run.events)} events")
     check_crashed(reg.root, template, p)
@@ -195,6 +235,7 @@ def test_sigkill_then_next_sweep(
         pull_kept(reg, template, tmp_path / "pulled", p)
     again = janitor.run(reg, *template.sweep_args)
     assert again.returncode == 0, f"{p}: next sweep failed: {again.stderr}"
+    print(f"next sweep:\n{again.stderr}")
     crashstore.check_final(reg.root, template, reference)
 
 
@@ -206,3 +247,5 @@ def test_kill_points_cover_every_phase() -> None:
     print(dict(seen))
     for phase in ("after tag_deleted", "after manifest_unlinked", "after gc_started"):
         assert seen[phase] >= 5, dict(seen)
+    for phase in PAUSES:  # every phase of the janitor's garbage collection
+        assert seen[f"at {phase}"] >= 5, dict(seen)

@@ -87,7 +87,8 @@ def test_two_sweeps_started_together(
     OVERLAPS[trial] = refused == 1
     for kind in ("tag_deleted", "manifest_unlinked", "repository_removed"):
         assert total[kind] == reference.counts[kind], f"{kind}: {total[kind]} over both runs"
-    assert total["gc_started"] == 1  # the loser never runs GC; a later sweep finds none owed
+    # The janitor's engine collects in every sweep that ran; a refused one runs none.
+    assert total["gc_started"] == 2 - refused
     crashstore.check_final(reg.root, template, reference)
 
 

@@ -86,3 +86,37 @@ def test_filesystem_storage_move_creates_the_parent_and_reports_a_missing_source
     else:
         raise AssertionError("moving a missing source must raise FileNotFoundError")
     fs.close()
+
+
+def test_concurrent_moves_into_a_missing_parent_all_succeed(tmp_path: Path) -> None:
+    """The first tag deletions of a run race to create the trash directory; none of them may
+    mistake that race for "already gone" (found by the SIGKILL trials: a tag reported deleted
+    stayed, and its manifest was unlinked)."""
+    import threading
+
+    root = tmp_path / "data"
+    for i in range(64):
+        (root / "src" / str(i)).mkdir(parents=True)
+    for trial in range(5):
+        fs = storage.FilesystemStorage(root)
+        source = "src" if trial == 0 else f"dst{trial - 1}/t"
+        barrier = threading.Barrier(16)
+        errors: list[BaseException] = []
+
+        def move(
+            i: int, trial: int = trial, fs: storage.FilesystemStorage = fs, source: str = source
+        ) -> None:
+            barrier.wait()
+            try:
+                for j in range(i, 64, 16):
+                    fs.move(f"{source}/{j}", f"dst{trial}/t/{j}")
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=move, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        fs.close()
+        assert errors == [] and len(list((root / f"dst{trial}" / "t").iterdir())) == 64
