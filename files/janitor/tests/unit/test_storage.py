@@ -88,35 +88,43 @@ def test_filesystem_storage_move_creates_the_parent_and_reports_a_missing_source
     fs.close()
 
 
+def _move_all_at_once(fs: storage.FilesystemStorage, moves: list[tuple[str, str]]) -> list[str]:
+    """16 threads start together, each moving its share; returns the errors."""
+    import threading
+
+    barrier = threading.Barrier(16)
+    errors: list[str] = []
+
+    def mover(share: list[tuple[str, str]]) -> None:
+        barrier.wait()
+        for src, dst in share:
+            try:
+                fs.move(src, dst)
+            except OSError as exc:
+                errors.append(f"{src} -> {dst}: {exc}")
+
+    threads = [threading.Thread(target=mover, args=(moves[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_concurrent_moves_into_a_missing_parent_all_succeed(tmp_path: Path) -> None:
     """The first tag deletions of a run race to create the trash directory; none of them may
     mistake that race for "already gone" (found by the SIGKILL trials: a tag reported deleted
     stayed, and its manifest was unlinked)."""
-    import threading
-
     root = tmp_path / "data"
     for i in range(64):
         (root / "src" / str(i)).mkdir(parents=True)
+    source = "src"
     for trial in range(5):
         fs = storage.FilesystemStorage(root)
-        source = "src" if trial == 0 else f"dst{trial - 1}/t"
-        barrier = threading.Barrier(16)
-        errors: list[BaseException] = []
-
-        def move(
-            i: int, trial: int = trial, fs: storage.FilesystemStorage = fs, source: str = source
-        ) -> None:
-            barrier.wait()
-            try:
-                for j in range(i, 64, 16):
-                    fs.move(f"{source}/{j}", f"dst{trial}/t/{j}")
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
-                errors.append(exc)
-
-        threads = [threading.Thread(target=move, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        fs.close()
-        assert errors == [] and len(list((root / f"dst{trial}" / "t").iterdir())) == 64
+        moves = [(f"{source}/{j}", f"dst{trial}/t/{j}") for j in range(64)]
+        try:
+            assert _move_all_at_once(fs, moves) == []
+        finally:
+            fs.close()
+        assert len(list((root / f"dst{trial}" / "t").iterdir())) == 64
+        source = f"dst{trial}/t"
