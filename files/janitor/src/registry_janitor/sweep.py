@@ -89,6 +89,8 @@ class Janitor:
                 self._collect(roots, unreadable, stats)
             elif run_gc and self.gc_due(stats if run_prune else None):
                 self._registry_gc(stats)
+            elif run_gc and not self.cfg.dry_run:
+                log.info("gc skipped: nothing removed since the last garbage-collect")
             if self._held_layers:  # no collection settled them
                 self._settle_layers(stats)
         finally:

@@ -101,6 +101,11 @@ class Registry:
         for link in self.repositories.glob("**/_manifests/revisions/sha256/*/link"):
             os.utime(link, (when, when))
 
+    def age_blobs(self, when: float) -> None:
+        """Pretend every blob was uploaded at `when` (past any garbage collection grace)."""
+        for data in self.blobs.glob("sha256/*/*/data"):
+            os.utime(data, (when, when))
+
     def blob_exists(self, digest: str) -> bool:
         hexpart = digest.removeprefix("sha256:")
         return (self.blobs / "sha256" / hexpart[:2] / hexpart / "data").is_file()

@@ -1,4 +1,4 @@
-"""Point 7: after GC the serving registry must not believe deleted blobs exist.
+"""After GC the serving registry must not believe deleted blobs exist.
 
 The shipped registry config has no `storage.cache.blobdescriptor`, so a layer GC deleted is
 uploaded again when an image is pushed again, and the image pulls. The second test documents
@@ -37,6 +37,7 @@ def push_gc_repush(work: Path, stack: ExitStack, *, cache: bool) -> Outcome:
     push(layout.path, "v1", reg, "stale:v1")
     push(layout.path, "v2", reg, "stale:v2")  # newer: v1 is the one retention drops
     reg.age_revisions(time.time() - 7200)
+    reg.age_blobs(time.time() - 3 * 3600)  # past the garbage collection grace period
     # GC in another process while the registry keeps serving, as the deployment does.
     sweep = janitor.run(reg, "--keep-last-n", "1")
     assert sweep.returncode == 0, sweep.stderr
