@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -60,17 +61,20 @@ FLAVOURS: dict[str, dict[str, str]] = {
     "read-only": {"read only": "yes"},
 }
 
+DIR_CACHE_SECONDS = 1
 # rclone's caches, kept short so a test sees the server's state within about a second
 # (the kernel's cifs client caches attributes for 1 s by default, actimeo=1):
 # - dir-cache-time: how long a directory listing is trusted; rclone looks names up in it,
 #   so a name made by another client (or by the server's case folding) shows up late;
 # - attr-timeout: how long the kernel caches a file's attributes (size, mtime);
-# - vfs-write-back: rclone uploads a closed file after this delay (default 5 s); the cifs
-#   client writes it back on close, so 0 is closer to production.
+# - vfs-write-back stays at its default, 5 s: rclone uploads a closed file that much later
+#   (the cifs client writes back on close). Shorter is not closer to production: a rename
+#   or delete that meets rclone's own upload in progress fails with a sharing violation
+#   (EIO), which the registry's upload commit then hits. `SmbDir.sync()` waits for it.
 RCLONE_MOUNT_FLAGS = [
     "--vfs-cache-mode=writes",  # needed for the registry: it opens files read-write
-    "--dir-cache-time=1s",
-    "--attr-timeout=1s",
+    f"--dir-cache-time={DIR_CACHE_SECONDS}s",
+    f"--attr-timeout={DIR_CACHE_SECONDS}s",
     "--poll-interval=0",  # the smb backend cannot poll for changes
 ]
 
@@ -197,6 +201,13 @@ class SambaServer:
         self.proc = None
 
 
+def _dirty(meta: Path) -> bool:
+    try:
+        return bool(meta.is_file() and json.loads(meta.read_text()).get("Dirty"))
+    except (OSError, ValueError):
+        return True  # being rewritten right now
+
+
 class RcloneMount:
     """`rclone mount` of one share of `server` on `mountpoint`."""
 
@@ -256,6 +267,26 @@ class RcloneMount:
         self.stop()
         raise RuntimeError(f"rclone mount did not come up: {self.log.read_text()[-3000:]}")
 
+    def wait_written_back(self, timeout: float = 60) -> None:
+        """Returns once rclone has uploaded every file closed so far (it keeps a "Dirty"
+        flag per cached file) and its directory cache has expired: the mount and the
+        server then agree."""
+        deadline = time.monotonic() + timeout
+        while any(_dirty(meta) for meta in (self.cache / "vfsMeta").rglob("*")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rclone still has files to upload after {timeout} s")
+            time.sleep(0.2)
+        time.sleep(DIR_CACHE_SECONDS + 0.2)
+
+    def remount(self) -> None:
+        """A fresh client: uploads what is pending, unmounts, drops rclone's cache and
+        mounts again. Nothing may have files open on the mount."""
+        self.wait_written_back()
+        self.stop()
+        shutil.rmtree(self.cache)
+        self.cache.mkdir()
+        self.start()
+
     def stop(self) -> None:
         if os.path.ismount(self.mountpoint):
             assert FUSERMOUNT is not None
@@ -286,10 +317,21 @@ class SmbDir:
     server_path: Path  # the same directory in Samba's own storage (behind every cache)
     flavour: str  # "storagebox", "case-sensitive" or "read-only"
     mount: Path  # the mount's root
+    client: RcloneMount  # the mount's process (sync() waits for its uploads)
 
     @property
     def case_sensitive(self) -> bool:
         return self.flavour == "case-sensitive"
+
+    def sync(self) -> None:
+        """Waits until the server has everything written through the mount so far, and the
+        mount shows the server's state (see RcloneMount.wait_written_back)."""
+        self.client.wait_written_back()
+
+    def remount(self) -> None:
+        """Replaces the client by a fresh one (no cache): it sees only what the server has.
+        Stop whatever has files open on the mount first."""
+        self.client.remount()
 
 
 class SmbSession:
@@ -318,7 +360,7 @@ class SmbSession:
         else:
             path = m.mountpoint / leaf
             path.mkdir()
-        return SmbDir(path, server_path, flavour, m.mountpoint)
+        return SmbDir(path, server_path, flavour, m.mountpoint, m)
 
     def close(self) -> None:
         for m in self.mounts.values():

@@ -414,29 +414,30 @@ CHECKS = [
 ]
 
 
-def remove(scratch: Path) -> Check:
-    """Removes the scratch directory, retrying for a while as deletes may be pending."""
+def remove(scratch: Path, settle: float) -> Check:
+    """Removes the scratch directory. Deletes may be pending on SMB, and a client's cache
+    may still list what it removed: retry until it is gone for good."""
     t0 = time.monotonic()
     error: OSError | None = None
-    for attempt in range(25):
+    deadline = t0 + settle + 5
+    while True:
         try:
             shutil.rmtree(scratch)
         except FileNotFoundError:
-            break
+            pass
         except OSError as exc:
             error = exc
-            time.sleep(0.2 * min(attempt + 1, 5))
-        else:
-            break
-    if os.path.lexists(scratch):
-        return Check(
-            "cleanup",
-            WARN,
-            f"could not remove {scratch}: {_errtext(error) if error else 'still there'}",
-            "remove it by hand; the next probe uses a new directory.",
-            time.monotonic() - t0,
-        )
-    return Check("cleanup", OK, "scratch directory removed", "", time.monotonic() - t0)
+        if not os.path.lexists(scratch):
+            return Check("cleanup", OK, "scratch directory removed", "", time.monotonic() - t0)
+        if time.monotonic() > deadline:
+            return Check(
+                "cleanup",
+                WARN,
+                f"could not remove {scratch}: {_errtext(error) if error else 'still there'}",
+                "remove it by hand; the next probe uses a new directory.",
+                time.monotonic() - t0,
+            )
+        time.sleep(0.5)
 
 
 def probe(path: Path, *, settle: float, min_free: int, case_insensitive_fails: bool) -> Report:
@@ -473,7 +474,7 @@ def probe(path: Path, *, settle: float, min_free: int, case_insensitive_fails: b
         report.checks.append(Check(name, status, detail, remedy, time.monotonic() - c0))
         if name == "write" and status == FAIL:
             break  # nothing else can work
-    report.checks.append(remove(scratch))
+    report.checks.append(remove(scratch, settle))
     report.duration = time.monotonic() - t0
     return report
 
