@@ -77,6 +77,11 @@ class Check:
     remedy: str = ""
     seconds: float = 0.0
 
+    def message(self) -> str:
+        return f"{self.name}: {self.detail}" + (
+            f". What to do: {self.remedy}" if self.remedy else ""
+        )
+
 
 @dataclass
 class Report:
@@ -101,6 +106,9 @@ class Report:
             "free_bytes": self.free_bytes,
             "total_bytes": self.total_bytes,
             "checks": [asdict(c) for c in self.checks],
+            # One line per failed / warned check, for people (the role prints these).
+            "failures": [c.message() for c in self.checks if c.status == FAIL],
+            "warnings": [c.message() for c in self.checks if c.status == WARN],
         }
 
 

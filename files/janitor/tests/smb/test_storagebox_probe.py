@@ -7,10 +7,13 @@ Samba harness is."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from smbshare import SmbDir
 
 PROBE = (
@@ -123,3 +126,67 @@ def test_require_mount_probes_nothing_on_a_plain_directory(tmp_path: Path) -> No
     assert done.returncode == 0
     assert json.loads(done.stdout)["status"] == "not mounted"
     assert list(plain.iterdir()) == [] and not (tmp_path / "r.json").exists()
+
+
+# The role's wiring: roles/storagebox/tasks/probe.yml run by ansible-playbook on this
+# machine (connection local) against the real shares, with the probe installed into a
+# temporary directory instead of /usr/local/libexec.
+REPO = Path(__file__).resolve().parents[4]
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def run_role_probe(share: SmbDir, out: Path) -> subprocess.CompletedProcess[str]:
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.skip("ansible-playbook is not in this Python's environment (make venv)")
+    playbook = out / "probe.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: storagebox\n"
+        "        tasks_from: probe.yml\n"
+    )
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "storagebox__probe_bin": str(out / "bin" / "storagebox-probe"),
+        "storagebox_mount_path": str(share.mount),  # the probe wants a mount point
+        "storagebox_probe_results_file": str(out / "probe.json"),
+        "storagebox_probe_metrics_file": str(out / "probe.prom"),
+    }
+    done = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1"},
+    )
+    print(done.stdout, done.stderr)
+    return done
+
+
+def changed(done: subprocess.CompletedProcess[str]) -> int:
+    m = re.search(r"^localhost\s*:\s*ok=\d+\s+changed=(\d+)", done.stdout, re.MULTILINE)
+    assert m, done.stdout
+    return int(m[1])
+
+
+def test_role_warns_on_the_storagebox_share_and_records_results(
+    smb_share: SmbDir, tmp_path: Path
+) -> None:
+    done = run_role_probe(smb_share, tmp_path)
+    assert done.returncode == 0
+    assert "WARNING: the share at" in done.stdout and "case-insensitive" in done.stdout
+    # Installing (its directory, the script) changes the host; probing does not.
+    assert changed(done) == 2
+    assert json.loads((tmp_path / "probe.json").read_text())["case_sensitive"] is False
+    assert metric(tmp_path, "case_sensitive") == 0
+
+
+def test_role_stops_the_play_on_a_read_only_share(
+    smb_share_read_only: SmbDir, tmp_path: Path
+) -> None:
+    done = run_role_probe(smb_share_read_only, tmp_path)
+    assert done.returncode != 0
+    assert "failed the probe" in done.stdout
+    assert "write: cannot create a directory on the share" in done.stdout
+    assert "read only = no" in done.stdout
