@@ -135,24 +135,34 @@ REPO = Path(__file__).resolve().parents[4]
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
-def run_role_probe(share: SmbDir, out: Path) -> subprocess.CompletedProcess[str]:
+def run_role_probe(shares: dict[str, SmbDir], out: Path) -> subprocess.CompletedProcess[str]:
+    """One ansible-playbook run, one inventory host per share (all local)."""
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.skip("ansible-playbook is not in this Python's environment (make venv)")
     playbook = out / "probe.yml"
     playbook.write_text(
-        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "- hosts: all\n  connection: local\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.include_role:\n        name: storagebox\n"
         "        tasks_from: probe.yml\n"
     )
-    extra = {
-        "ansible_python_interpreter": sys.executable,
-        "storagebox__probe_bin": str(out / "bin" / "storagebox-probe"),
-        "storagebox_mount_path": str(share.mount),  # the probe wants a mount point
-        "storagebox_probe_results_file": str(out / "probe.json"),
-        "storagebox_probe_metrics_file": str(out / "probe.prom"),
+    inventory = {
+        "all": {
+            "hosts": {
+                name: {
+                    "ansible_python_interpreter": sys.executable,
+                    "storagebox_probe_bin": str(out / name / "bin" / "storagebox-probe"),
+                    # The probe wants a mount point: the mount's root.
+                    "storagebox_mount_path": str(share.mount),
+                    "storagebox_probe_results_file": str(out / name / "probe.json"),
+                    "storagebox_probe_metrics_file": str(out / name / "probe.prom"),
+                }
+                for name, share in shares.items()
+            }
+        }
     }
+    (out / "inventory.json").write_text(json.dumps(inventory))
     done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
+        [str(ANSIBLE_PLAYBOOK), "-i", str(out / "inventory.json"), str(playbook)],
         capture_output=True,
         text=True,
         check=False,
@@ -164,29 +174,26 @@ def run_role_probe(share: SmbDir, out: Path) -> subprocess.CompletedProcess[str]
     return done
 
 
-def changed(done: subprocess.CompletedProcess[str]) -> int:
-    m = re.search(r"^localhost\s*:\s*ok=\d+\s+changed=(\d+)", done.stdout, re.MULTILINE)
+def recap(done: subprocess.CompletedProcess[str], host: str) -> dict[str, int]:
+    m = re.search(rf"^{host}\s*:\s*(.*)$", done.stdout, re.MULTILINE)
     assert m, done.stdout
-    return int(m[1])
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[1])}
 
 
-def test_role_warns_on_the_storagebox_share_and_records_results(
-    smb_share: SmbDir, tmp_path: Path
+def test_role_warns_on_a_storagebox_share_and_stops_on_a_read_only_one(
+    smb_share: SmbDir, smb_share_read_only: SmbDir, tmp_path: Path
 ) -> None:
-    done = run_role_probe(smb_share, tmp_path)
-    assert done.returncode == 0
-    assert "WARNING: the share at" in done.stdout and "case-insensitive" in done.stdout
-    # Installing (its directory, the script) changes the host; probing does not.
-    assert changed(done) == 2
-    assert json.loads((tmp_path / "probe.json").read_text())["case_sensitive"] is False
-    assert metric(tmp_path, "case_sensitive") == 0
-
-
-def test_role_stops_the_play_on_a_read_only_share(
-    smb_share_read_only: SmbDir, tmp_path: Path
-) -> None:
-    done = run_role_probe(smb_share_read_only, tmp_path)
-    assert done.returncode != 0
+    done = run_role_probe({"box": smb_share, "readonly": smb_share_read_only}, tmp_path)
+    box, readonly = recap(done, "box"), recap(done, "readonly")
+    # The Storage-Box-like share: deployed with a warning; installing the probe (its
+    # directory, the script) changes the host, probing does not.
+    assert box["failed"] == 0 and box["changed"] == 2
+    assert "WARNING: the share at" in done.stdout
+    assert "case-insensitive" in done.stdout
+    assert json.loads((tmp_path / "box" / "probe.json").read_text())["case_sensitive"] is False
+    assert metric(tmp_path / "box", "case_sensitive") == 0
+    # The read-only share stops the play with the probe's message.
+    assert readonly["failed"] == 1
     assert "failed the probe" in done.stdout
     assert "write: cannot create a directory on the share" in done.stdout
     assert "read only = no" in done.stdout
