@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -556,6 +557,24 @@ def human(report: Report) -> str:
     return "\n".join(lines)
 
 
+def is_mount_point(path: Path) -> bool:
+    """os.path.ismount misses bind mounts within one filesystem; mountinfo lists them."""
+    if os.path.ismount(path):
+        return True
+    target = os.path.realpath(path)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+            if point == target:
+                return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("path", type=Path, help="a directory on the mounted share")
@@ -582,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.path.is_dir():
         ap.error(f"{args.path} is not a directory")
-    if args.require_mount and not os.path.ismount(args.path):
+    if args.require_mount and not is_mount_point(args.path):
         print(
             json.dumps({"path": str(args.path), "status": "not mounted"})
             if args.json
