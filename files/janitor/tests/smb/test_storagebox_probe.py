@@ -128,6 +128,29 @@ def test_require_mount_probes_nothing_on_a_plain_directory(tmp_path: Path) -> No
     assert list(plain.iterdir()) == [] and not (tmp_path / "r.json").exists()
 
 
+def test_require_mount_probes_a_bind_mount(tmp_path: Path) -> None:
+    """A bind mount within one filesystem is a mount point too (os.path.ismount says no)."""
+    if os.geteuid() != 0:
+        pytest.skip("bind-mounting needs root")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(PROBE), str(dst), "--require-mount", "--json", "--settle", "0.5"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        subprocess.run(["umount", str(dst)], check=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["status"] == "ok", doc
+    assert doc["case_sensitive"] is True  # a local Linux filesystem
+
+
 # The role's wiring: roles/storagebox/tasks/probe.yml run by ansible-playbook on this
 # machine (connection local) against the real shares, with the probe installed into a
 # temporary directory instead of /usr/local/libexec.
