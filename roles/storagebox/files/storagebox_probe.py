@@ -202,9 +202,9 @@ class Probe:
             raise CheckFailed(
                 f"renaming a file over an existing one failed: {_errtext(exc)}",
                 "the registry commits uploads and tag links by renaming over existing files. "
-                "Kernel cifs client: do not mount with `nounix` workarounds that disable "
-                "rename-replace; self-hosted Samba: remove VFS modules that forbid it (worm, "
-                "readonly) and make sure nothing holds the target open.",
+                "SMB refuses to replace a file that another client holds open: stop tools that "
+                "open files on the share (backup, antivirus, indexers); on a self-hosted Samba "
+                "server remove VFS modules that forbid it (worm, readonly).",
             ) from exc
         if old.read_bytes() != b"new\n" or new.exists():
             raise CheckFailed(
@@ -242,8 +242,9 @@ class Probe:
         except OSError as exc:
             raise CheckFailed(
                 f"setting a file's mtime failed: {_errtext(exc)}",
-                "the janitor's tests and tools set link times; the kernel cifs client needs "
-                "the share's user to own the file (mount option uid= matching the writer).",
+                "retention ranks tags by the times of their link files, so the share must "
+                "keep the times clients set. Self-hosted Samba: `dos filetimes = yes` lets a "
+                "user who does not own a file set its times.",
             ) from exc
         if not wait_for(lambda: abs(f.stat().st_mtime - past) <= 2, self.settle):
             raise CheckFailed(
@@ -306,8 +307,9 @@ class Probe:
                 else:
                     raise CheckFailed(
                         "a second process got an exclusive flock that another process held",
-                        "two sweeps could run at once. Remove `nolock`-style options; with the "
-                        "kernel cifs client flock works with or without `nobrl`.",
+                        "two sweeps could run at once. The kernel cifs client's flock excludes "
+                        "processes on one host with or without `nobrl`: check which client "
+                        "mounts the share (`findmnt` should say cifs).",
                     )
                 holder.stdin.close()
                 holder.wait(10)
