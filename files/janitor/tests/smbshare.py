@@ -48,7 +48,8 @@ PASSWORD = "registry-cache-test"
 
 # Share options per flavour. Samba's default `case sensitive = auto` means case-insensitive
 # for every SMB 2/3 client (only SMB1 Unix extensions switch it off): that is what a
-# Hetzner Storage Box shows a Linux client, and what `storagebox` models.
+# Hetzner Storage Box shows a Linux client, and what `storagebox` models. No POSIX
+# extensions: SMB1 is off (server min protocol), and Debian's Samba has no SMB3 ones.
 SHARE_DEFAULTS = {"read only": "no"}
 FLAVOURS: dict[str, dict[str, str]] = {
     "storagebox": {},
