@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help deps venv images bench bench-smoke throughput up down gc gc-plan lint test-unit test-integration test-janitor \
+.PHONY: help deps venv images bench bench-smoke throughput up down gc gc-plan lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
 
 help: ## list the targets
@@ -55,7 +55,10 @@ test-unit: venv ## janitor unit tests (no I/O beyond temp dirs)
 test-integration: venv ## janitor against a real registry process and skopeo
 	$(BIN)/python -m pytest -q files/janitor/tests/integration
 
-test-janitor: venv ## all janitor tests
+test-smb: venv ## the tests on a real Samba share (smbd on loopback, rclone mount): registry, share probe
+	$(BIN)/python -m pytest -q -m smb files/janitor/tests
+
+test-janitor: venv ## all janitor tests (SMB ones included)
 	$(BIN)/python -m pytest -q files/janitor/tests
 
 test-molecule: venv images ## every Molecule scenario (timed); log in .cache/molecule-<scenario>.log, checked for its password

@@ -13,6 +13,8 @@ declare -A wanted=(
     [dockerd]=docker.io [docker-registry]=docker-registry [skopeo]=skopeo
     [debootstrap]=debootstrap [make]=make [git]=git [npm]=npm [ip]=iproute2
     [strace]=strace [fusermount3]=fuse3 [/usr/bin/time]=time
+    # The SMB tests: a real Samba server on loopback, mounted with rclone (FUSE).
+    [/usr/sbin/smbd]=samba [rclone]=rclone
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -23,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     $sudo apt-get update -q >/dev/null
     $sudo apt-get install -y -q --no-install-recommends ca-certificates "${missing[@]}" >/dev/null
+    # Debian enables and starts the system's smbd (port 445, every interface) with the
+    # package; the tests run their own on loopback. Stop it where this script installed it.
+    if [[ " ${missing[*]} " == *" samba "* ]] && [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now smbd nmbd >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! $sudo docker info >/dev/null 2>&1; then

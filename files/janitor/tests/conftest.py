@@ -1,9 +1,29 @@
-"""Tests run against this checkout's source, installed or not (subprocesses included)."""
+"""Tests run against this checkout's source, installed or not (subprocesses included).
+
+The SMB fixtures (a real Samba share through a client mount, see smbshare.py) are imported
+here so that every test folder can use them; tests that do get the `smb` marker.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+from smbshare import (  # noqa: F401  (pytest finds fixtures by name in this module)
+    SMB_FIXTURES,
+    smb_session,
+    smb_share,
+    smb_share_any,
+    smb_share_case_sensitive,
+    smb_share_read_only,
+)
+
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SMB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.smb)

@@ -72,6 +72,29 @@ def test_registry_serves_from_the_mounted_share(host):
     ).is_directory
 
 
+def test_the_share_probe_ran_at_deploy_and_recorded_its_results(host):
+    """The storagebox role probes the mounted share (here the stand-in, a local directory:
+    case-sensitive, every check passes) and keeps the results and a metric on the host."""
+    probe = host.file("/usr/local/libexec/registry-cache/storagebox-probe")
+    assert probe.is_file and probe.mode == 0o755 and probe.user == "root"
+    results = json.loads(host.file("/var/lib/registry-cache/storagebox-probe.json").content_string)
+    assert results["path"] == MOUNT
+    assert results["status"] == "ok", results
+    assert results["case_sensitive"] is True
+    metrics = host.file("/var/lib/registry-cache/metrics/storagebox_probe.prom").content_string
+    assert f'storagebox_probe_failures{{path="{MOUNT}"}} 0' in metrics
+    assert f'storagebox_probe_case_sensitive{{path="{MOUNT}"}} 1' in metrics
+    # It leaves nothing on the share.
+    assert host.run(f"ls -A {STANDIN} | grep -c storagebox-probe").stdout.strip() == "0"
+    # Run by hand as the role runs it: a share below the free-space floor fails, and says so.
+    low = host.run(
+        f"/usr/local/libexec/registry-cache/storagebox-probe {MOUNT} --require-mount"
+        " --min-free-mib 1000000000"
+    )
+    assert low.rc == 1, low.stdout
+    assert "FAIL free_space" in low.stdout and "storagebox_probe_min_free_mib" in low.stdout
+
+
 @pytest.mark.parametrize("trial", range(1, TRIALS + 1))
 def test_missing_share_stops_everything_and_its_return_resumes_it(host, trial):
     since = host.check_output("date +%s")

@@ -38,10 +38,15 @@ def write_config(path: Path, root: Path, port: int, *, blobdescriptor_cache: boo
 
 
 class Registry:
-    def __init__(self, workdir: Path, *, blobdescriptor_cache: bool = False) -> None:
+    """`root` puts the storage elsewhere (an SMB share); config and log stay in `workdir`."""
+
+    def __init__(
+        self, workdir: Path, *, blobdescriptor_cache: bool = False, root: Path | None = None
+    ) -> None:
         assert REGISTRY_BIN is not None
-        self.root = workdir / "root"
-        self.root.mkdir(parents=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.root = root if root is not None else workdir / "root"
+        self.root.mkdir(parents=True, exist_ok=root is not None)
         self.port = free_port()
         self.config = workdir / "config.yml"
         self.log = workdir / "registry.log"
@@ -150,8 +155,10 @@ def pull(
 
 
 @contextlib.contextmanager
-def running(workdir: Path, *, blobdescriptor_cache: bool = False) -> Iterator[Registry]:
-    reg = Registry(workdir, blobdescriptor_cache=blobdescriptor_cache)
+def running(
+    workdir: Path, *, blobdescriptor_cache: bool = False, root: Path | None = None
+) -> Iterator[Registry]:
+    reg = Registry(workdir, blobdescriptor_cache=blobdescriptor_cache, root=root)
     reg.start()
     try:
         yield reg
