@@ -27,14 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from registry import REGISTRY_BIN
 from registry_janitor import config, registry_gc
 from registry_janitor.output import Output
 from registry_janitor.sweep import Janitor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from synthetic import Store  # noqa: E402 - the unit tests' store writer
+from synthetic import Store
 
 STORES = 200
 SEED = int(os.environ.get("ORACLE_SEED", "4242"))

@@ -1,0 +1,170 @@
+"""The race garbage collection must survive without a read-only window, through a real registry.
+
+An old layer only a pruned image used is a collection candidate. A client HEADs it (200: the
+registry still has it), so it will not upload it; the janitor runs, paused by its test hook at
+one phase boundary (after mark, hold, settle, restore or delete); there the client PUTs a
+manifest naming that layer. Whatever the registry answers:
+- accepted: the manifest must pull completely after the janitor finishes (the re-check puts
+  the held layer back);
+- refused ("blob unknown": the layer is held or deleted): the client does what docker and
+  skopeo do on a retry, HEAD (404 now), upload, PUT again, and that push must then pull
+  completely too.
+Every manifest the registry accepted pulls completely at the end, in every case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import janitor
+import oci
+import pytest
+from registry import Registry, pull, push
+from registry_janitor import gc
+
+OLD = time.time() - 30 * 86400
+
+
+def request(
+    reg: Registry, method: str, path: str, body: bytes = b"", ctype: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    url = path if path.startswith("http") else f"http://{reg.host}{path}"
+    req = urllib.request.Request(url, data=body or None, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def upload(reg: Registry, repo: str, layout: oci.Layout, digest: str) -> None:
+    status, headers, _ = request(reg, "POST", f"/v2/{repo}/blobs/uploads/")
+    assert status == 202, status
+    location = headers["Location"]
+    location = location if location.startswith("http") else f"http://{reg.host}{location}"
+    data = (layout.path / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
+    sep = "&" if "?" in location else "?"
+    status, _, body = request(
+        reg, "PUT", f"{location}{sep}digest={digest}", data, "application/octet-stream"
+    )
+    assert status == 201, (status, body)
+
+
+def push_manifest(
+    reg: Registry, repo: str, tag: str, layout: oci.Layout, manifest: oci.Descriptor
+) -> tuple[int, bytes]:
+    raw = (
+        layout.path / "blobs" / "sha256" / manifest["digest"].removeprefix("sha256:")
+    ).read_bytes()
+    status, _, body = request(reg, "PUT", f"/v2/{repo}/manifests/{tag}", raw, manifest["mediaType"])
+    return status, body
+
+
+@pytest.fixture(scope="module")
+def template(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, oci.Layout, dict[str, oci.Descriptor]]:
+    """r:old (base + layer A) and r:new (base + layer B), everything 30 days old; KEEP_LAST_N=1
+    keeps r:new, so r:old's manifest, config and layer A are collection candidates."""
+    work = tmp_path_factory.mktemp("race")
+    layout = oci.Layout(work / "layout")
+    base = layout.layer({"base": b"base"})
+    layer_a = layout.layer({"a.bin": os.urandom(30_000)})
+    old = layout.image([base, layer_a], label="old")
+    new = layout.image([base, layout.layer({"b.bin": os.urandom(30_000)})], label="new")
+    # What the client pushes during the sweep: layer A again under a fresh config.
+    racing = layout.image([base, layer_a], label="racing")
+    reg = Registry(work / "registry")
+    reg.start()
+    try:
+        for tag, desc in (("old", old), ("new", new)):
+            layout.tag(tag, desc)
+            push(layout.path, tag, reg, f"r:{tag}")
+    finally:
+        reg.stop()
+    for path in [*reg.repositories.glob("**/link"), *reg.blobs.glob("sha256/*/*/data")]:
+        os.utime(path, (OLD, OLD))
+    new_link = reg.repositories / "r" / "_manifests" / "tags" / "new" / "current" / "link"
+    os.utime(new_link, (OLD + 10, OLD + 10))
+    return reg.root, layout, {"layer_a": layer_a, "racing": racing, "new": new}
+
+
+@pytest.mark.parametrize("phase", gc.PHASES)
+def test_head_then_put_across_each_phase(
+    template: tuple[Path, oci.Layout, dict[str, oci.Descriptor]], tmp_path: Path, phase: str
+) -> None:
+    root, layout, d = template
+    reg = Registry(tmp_path / "registry")
+    import shutil
+
+    shutil.rmtree(reg.root)
+    shutil.copytree(root, reg.root, symlinks=True)
+    reg.start()
+    try:
+        layer_a, racing = d["layer_a"]["digest"], d["racing"]
+        status, _, _ = request(reg, "HEAD", f"/v2/r/blobs/{layer_a}")
+        assert status == 200  # the client will not upload layer A
+        config_digest = json.loads(
+            (layout.path / "blobs" / "sha256" / racing["digest"][7:]).read_text()
+        )["config"]["digest"]
+        pauses = tmp_path / "pauses"
+        pauses.mkdir()
+        for other in gc.PHASES:
+            if other != phase:
+                (pauses / f"{other}.go").touch()
+        env = {k: v for k, v in os.environ.items() if k not in janitor._OURS}
+        env[gc.PAUSE_DIR_ENV] = str(pauses)
+        cmd = [
+            sys.executable, "-m", "registry_janitor", "sweep", "--run-once", "--json",
+            "--data-dir", str(reg.root), "--keep-last-n", "1", "--gc-settle", "2",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (pauses / f"{phase}.reached").exists():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, f"never reached {phase}"
+                time.sleep(0.02)
+            held = reg.root / ".registry-janitor-held" / "blobs" / layer_a[7:]
+            was_held = held.exists()
+            upload(reg, "r", layout, config_digest)  # new content: uploaded, young
+            status, body = push_manifest(reg, "r", "racing", layout, racing)
+            first = status
+            if status != 201:  # refused cleanly: the client's retry uploads the layer
+                assert status == 400 and b"BLOB_UNKNOWN" in body, (status, body)
+                assert request(reg, "HEAD", f"/v2/r/blobs/{layer_a}")[0] == 404
+                upload(reg, "r", layout, layer_a)
+                status, body = push_manifest(reg, "r", "racing", layout, racing)
+                assert status == 201, (status, body)
+            (pauses / f"{phase}.go").touch()
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:  # a failed assertion above: never leave it paused
+                proc.kill()
+                proc.communicate()
+        events = [json.loads(line) for line in out.splitlines() if line.strip()]
+        print(f"{phase}: layer held at the PUT: {was_held}, first PUT {first}, "
+              f"put back {sum(e.get('count', 0) for e in events if e['event'] == 'blobs_restored')}")  # fmt: skip
+        if phase == "mark":  # not held yet: accepted, then held and put back by the re-check
+            assert first == 201 and not was_held
+            assert any(e["event"] == "blobs_restored" for e in events), out
+        if phase in ("hold", "settle", "restore"):
+            assert was_held and first == 400
+        for ref in ("r:racing", "r:new"):
+            result = pull(reg, ref, tmp_path / f"pulled-{ref}")
+            assert result.returncode == 0, f"{phase}: {ref}: {result.stderr}"
+        assert not list((reg.root / ".registry-janitor-held").glob("*/*"))
+    finally:
+        reg.stop()
