@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help deps venv images bench bench-smoke throughput up down gc gc-plan lint test-unit test-integration test-smb test-janitor \
+.PHONY: help deps venv images bench bench-smoke throughput up down gc lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
 
 help: ## list the targets
