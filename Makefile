@@ -76,7 +76,7 @@ test-molecule: venv images ## every Molecule scenario (timed); log in .cache/mol
 test-playbooks: venv images ## site.yml's preflight rejects bad variables before a host changes (throwaway containers)
 	$(BIN)/python -m pytest -q tests/playbooks
 
-bench: deps venv ## benchmarks at full size (20-55 min on 2 cores): janitor vs seed recipe vs find, slow FS
+bench: deps venv ## benchmarks at full size (20-55 min on 2 cores): janitor vs a plain recipe (bench/plain_recipe.py) vs find, slow FS
 	$(BIN)/python bench/run.py --size full
 
 bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; kept tags must survive)
