@@ -29,6 +29,7 @@ images: ## build the test images from Debian packages (no registry needed)
 up: deps venv images ## bring up a local cache host and apply site.yml to it
 	$(BIN)/ansible-playbook playbooks/local-host.yml
 	$(BIN)/ansible-playbook -i inventories/local site.yml
+	@scripts/local-host-next-steps.sh
 
 down: venv ## remove the local cache host
 	$(BIN)/ansible-playbook playbooks/local-host.yml -e local_host_state=absent
