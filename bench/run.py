@@ -1,4 +1,4 @@
-"""Benchmarks of the janitor against the seed's recipe and a ``find`` lower bound.
+"""Benchmarks of the janitor against a plain recipe (bench/plain_recipe.py) and a ``find`` lower bound.
 
     python3 bench/run.py [--size full|smoke] [--only plan,strace,sweep,growth,slowfs]
 
@@ -118,19 +118,19 @@ class Bench:
         self.results[f"strace_{key}"] = out
         return out
 
-    def sweep_vs_seed(
+    def sweep_vs_plain(
         self, key: str, keep: int | None = None
     ) -> tuple[C.Result, C.Result, check.CheckResult, check.CheckResult]:
         spec = self.specs[key]
         log(
-            f"sweep vs seed recipe on store {key} ({spec.repos} x {spec.tags}, {spec.kind}),"
+            f"sweep vs plain recipe on store {key} ({spec.repos} x {spec.tags}, {spec.kind}),"
             f" keep {keep or self.keep}"
         )
-        seed = self._mutating(key, "seed", keep)
-        seed_check = self._last_check
+        plain = self._mutating(key, "plain", keep)
+        plain_check = self._last_check
         sweep = self._mutating(key, "sweep", keep)
         sweep_check = self._last_check
-        return sweep, seed, sweep_check, seed_check
+        return sweep, plain, sweep_check, plain_check
 
     _last_check: check.CheckResult
 
@@ -144,8 +144,8 @@ class Bench:
         if gc_log.exists():
             gc_log.unlink()
         wrapper = C.write_gc_wrapper(self.work / f"registry-{key}-{which}", gc_log)
-        if which == "seed":
-            cmd = C.seed_cmd(root, keep, cfg, wrapper)
+        if which == "plain":
+            cmd = C.plain_recipe_cmd(root, keep, cfg, wrapper)
         else:
             cmd = C.sweep_cmd(root, self.lock(), keep, cfg, wrapper)
         try:
@@ -263,11 +263,11 @@ class Bench:
                 per_tag = sum(st[name].values()) / a.total_tags
                 rows.append(R.Row(f"{la}: fs syscalls per tag, {name}", f"{per_tag:.2f}"))
         if "sweep" in parts:
-            sweep_b, seed_b, chk_sw_b, chk_seed_b = self.sweep_vs_seed("b")
+            sweep_b, plain_b, chk_sw_b, chk_plain_b = self.sweep_vs_plain("b")
             rows.append(
                 R.Row(
-                    f"{lb}: seed recipe (GC part)",
-                    f"{R.secs(seed_b.wall_s)} ({R.secs(seed_b.gc_wall_s)})",
+                    f"{lb}: plain recipe (GC part)",
+                    f"{R.secs(plain_b.wall_s)} ({R.secs(plain_b.gc_wall_s)})",
                 )
             )
             rows.append(
@@ -277,29 +277,31 @@ class Bench:
                 )
             )
             rows.append(
-                R.ratio_row(f"{lb}: seed / sweep", seed_b.wall_s, sweep_b.wall_s, at_least=10)
+                R.ratio_row(
+                    f"{lb}: plain recipe / sweep", plain_b.wall_s, sweep_b.wall_s, at_least=10
+                )
             )
             rows.append(
                 R.Row(
-                    f"{lb}: outside GC, seed recipe / janitor",
-                    f"{R.secs(seed_b.wall_s - seed_b.gc_wall_s)}"
+                    f"{lb}: outside GC, plain recipe / janitor",
+                    f"{R.secs(plain_b.wall_s - plain_b.gc_wall_s)}"
                     f" / {R.secs(sweep_b.wall_s - sweep_b.gc_wall_s)}",
                 )
             )
             # The most any sweep that ends in the stock garbage-collect could reach: the
-            # seed's time over the sweep's GC alone, as if pruning cost nothing.
+            # plain recipe's time over the sweep's GC alone, as if pruning cost nothing.
             rows.append(
                 R.ratio_row(
-                    f"{lb}: ceiling, seed / sweep's GC part alone",
-                    seed_b.wall_s,
+                    f"{lb}: ceiling, plain recipe / sweep's GC part alone",
+                    plain_b.wall_s,
                     sweep_b.gc_wall_s,
                 )
             )
-            sweep_c, seed_c, chk_sw_c, chk_seed_c = self.sweep_vs_seed("c")
+            sweep_c, plain_c, chk_sw_c, chk_plain_c = self.sweep_vs_plain("c")
             rows.append(
                 R.Row(
-                    f"{lc}: seed recipe (GC part)",
-                    f"{R.secs(seed_c.wall_s)} ({R.secs(seed_c.gc_wall_s)})",
+                    f"{lc}: plain recipe (GC part)",
+                    f"{R.secs(plain_c.wall_s)} ({R.secs(plain_c.gc_wall_s)})",
                 )
             )
             rows.append(
@@ -308,8 +310,11 @@ class Bench:
                     f"{R.secs(sweep_c.wall_s)} ({R.secs(sweep_c.gc_wall_s)})",
                 )
             )
-            rows.append(R.ratio_row(f"{lc}: seed / sweep", seed_c.wall_s, sweep_c.wall_s))
-            for label, chk_sw, chk_seed in ((lb, chk_sw_b, chk_seed_b), (lc, chk_sw_c, chk_seed_c)):
+            rows.append(R.ratio_row(f"{lc}: plain recipe / sweep", plain_c.wall_s, sweep_c.wall_s))
+            for label, chk_sw, chk_plain in (
+                (lb, chk_sw_b, chk_plain_b),
+                (lc, chk_sw_c, chk_plain_c),
+            ):
                 rows.append(
                     R.Row(
                         f"{label}: kept tags broken after sweep",
@@ -320,13 +325,14 @@ class Bench:
                 )
                 rows.append(
                     R.Row(
-                        f"{label}: kept tags broken after seed recipe",
-                        f"{chk_seed.broken_tags} of {chk_seed.tags_present}",
+                        f"{label}: kept tags broken after plain recipe",
+                        f"{chk_plain.broken_tags} of {chk_plain.tags_present}",
                     )
                 )
                 rows.append(
                     R.Row(
-                        f"{label}: blobs left, sweep / seed", f"{chk_sw.blobs} / {chk_seed.blobs}"
+                        f"{label}: blobs left, sweep / plain recipe",
+                        f"{chk_sw.blobs} / {chk_plain.blobs}",
                     )
                 )
             sweep_a = self.sweep_only("a")
@@ -428,19 +434,21 @@ class Bench:
             # Where --delete-untagged's O(revisions x remaining tags) shows: keep half the tags.
             many = b.tags // 2
             lk = f"{lb}, keep {many}"
-            sw, sd, chk_sw, chk_sd = self.sweep_vs_seed("b", many)
+            sw, sd, chk_sw, chk_sd = self.sweep_vs_plain("b", many)
             rows.append(
                 R.Row(
-                    f"{lk}: seed recipe (GC part)", f"{R.secs(sd.wall_s)} ({R.secs(sd.gc_wall_s)})"
+                    f"{lk}: plain recipe (GC part)", f"{R.secs(sd.wall_s)} ({R.secs(sd.gc_wall_s)})"
                 )
             )
             rows.append(
                 R.Row(f"{lk}: sweep (GC part)", f"{R.secs(sw.wall_s)} ({R.secs(sw.gc_wall_s)})")
             )
-            rows.append(R.ratio_row(f"{lk}: seed / sweep", sd.wall_s, sw.wall_s, at_least=10))
+            rows.append(
+                R.ratio_row(f"{lk}: plain recipe / sweep", sd.wall_s, sw.wall_s, at_least=10)
+            )
             rows.append(
                 R.Row(
-                    f"{lk}: kept tags broken after sweep / seed",
+                    f"{lk}: kept tags broken after sweep / plain recipe",
                     f"{chk_sw.broken_tags} / {chk_sd.broken_tags} of {chk_sw.tags_present}",
                 )
             )

@@ -5,8 +5,9 @@ target: a container of the test host image with no network, reached with `docker
 (community.docker.docker), started for the case and removed after it. The cases run at
 the same time. A case passes when the run fails, the failing task names the variable, no
 task reported a change, only the preflight play ran, and `docker diff` of the target is
-the same before and after. A control case runs the preflight with valid values: it passes
-and changes nothing, so the failures come from the bad values.
+the same before and after. Control cases run the preflight with valid values (the defaults,
+and values right next to some bad ones): they pass and change nothing, so the failures come
+from the bad values.
 """
 
 from __future__ import annotations
@@ -39,27 +40,72 @@ BASE_VARS: dict[str, Any] = {
     "storagebox_mount_state": "present",
 }
 
-# case: (extra vars, the variable the failure must name)
-BAD: dict[str, tuple[dict[str, Any], str]] = {
-    "negative-keep-count": ({"janitor_keep_last_n": -1}, "janitor_keep_last_n"),
-    "bad-calendar": ({"janitor_on_calendar": "not a calendar"}, "janitor_on_calendar"),
+# An htpasswd password in some cases: it must not be printed either.
+AUTH_PASSWORD = "preflight-Rk41mZ-auth-not-a-real-password"
+AUTH_USERS = [{"name": "ci", "password": AUTH_PASSWORD}]
+
+# case: (extra vars, the variables the failure must name)
+BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "negative-keep-count": ({"janitor_keep_last_n": -1}, ("janitor_keep_last_n",)),
+    "bad-calendar": ({"janitor_on_calendar": "not a calendar"}, ("janitor_on_calendar",)),
     "malformed-cidr": (
         {"registry_cache_allowed_cidrs": ["10.0.0.0/33"]},
-        "registry_cache_allowed_cidrs",
+        ("registry_cache_allowed_cidrs",),
     ),
-    "bad-share-path": ({"storagebox_share": "../x"}, "storagebox_share"),
-    "wrong-type": ({"janitor_concurrency": "eight"}, "janitor_concurrency"),
+    "bad-share-path": ({"storagebox_share": "../x"}, ("storagebox_share",)),
+    "wrong-type": ({"janitor_concurrency": "eight"}, ("janitor_concurrency",)),
     # A failing check on the password must not print it (no_log): see the PASSWORD check.
     "two-line-password": (
         {"storagebox_password": f"{PASSWORD}\nsecond line"},
-        "storagebox_password",
+        ("storagebox_password",),
     ),
     "bad-retry-calendar": (
         {"storagebox_mount_retry_on_calendar": "every minute"},
-        "storagebox_mount_retry_on_calendar",
+        ("storagebox_mount_retry_on_calendar",),
+    ),
+    # With the share mounted by Ansible, data outside it would land on the root disk.
+    "data-outside-the-share": (
+        {"storagebox_mount_state": "mounted", "registry_data_dir": "/var/lib/registry"},
+        ("registry_data_dir", "storagebox_mount_path", "storagebox_mount_state"),
+    ),
+    "data-is-the-mount-point": (
+        {"storagebox_mount_state": "mounted", "registry_data_dir": "/mnt/storagebox/"},
+        ("registry_data_dir", "storagebox_mount_path"),
+    ),
+    "data-escapes-the-share": (
+        {"storagebox_mount_state": "mounted", "registry_data_dir": "/mnt/storagebox/../srv"},
+        ("registry_data_dir", "storagebox_mount_path"),
+    ),
+    "share-owner-differs": (
+        {"storagebox_uid": 10001},
+        ("storagebox_uid", "registry_uid"),
+    ),
+    "share-group-differs": (
+        {"registry_gid": 10001},
+        ("storagebox_gid", "registry_gid"),
+    ),
+    "auth-over-plain-http": (
+        {"registry_auth_users": AUTH_USERS},
+        ("registry_auth_users", "registry_tls_certificate", "registry_auth_allow_plain_http"),
+    ),
+    "api-deletes-without-auth": (
+        {"registry_delete_enabled": True},
+        ("registry_delete_enabled", "registry_auth_users"),
     ),
 }
 CONTROL = "valid-values"
+# More valid values, each next to a bad case above: the check refuses only what it should.
+GOOD: dict[str, dict[str, Any]] = {
+    "data-inside-the-mounted-share": {
+        "storagebox_mount_state": "mounted",
+        "registry_data_dir": "/mnt/storagebox/cache/registry/",
+    },
+    "auth-with-plain-http-allowed": {
+        "registry_auth_users": AUTH_USERS,
+        "registry_auth_allow_plain_http": True,
+        "registry_delete_enabled": True,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -139,6 +185,7 @@ def runs() -> Iterator[dict[str, Run]]:
         pytest.fail(f"{IMAGE} is missing: make images")
     jobs = {name: (extra, SITE) for name, (extra, _) in BAD.items()}
     jobs[CONTROL] = ({}, "playbooks/preflight.yml")
+    jobs.update({name: (extra, "playbooks/preflight.yml") for name, extra in GOOD.items()})
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(len(jobs)) as pool:
         futures = {
             name: pool.submit(_run_case, name, extra, playbook, Path(tmp))
@@ -147,12 +194,16 @@ def runs() -> Iterator[dict[str, Run]]:
         yield {name: future.result() for name, future in futures.items()}
 
 
-def test_valid_values_pass_the_preflight_and_change_nothing(runs: dict[str, Run]) -> None:
-    run = runs[CONTROL]
+@pytest.mark.parametrize("case", [CONTROL, *sorted(GOOD)])
+def test_valid_values_pass_the_preflight_and_change_nothing(
+    runs: dict[str, Run], case: str
+) -> None:
+    run = runs[case]
     assert run.rc == 0, run.stdout[-3000:] + run.stderr[-3000:]
     stats = run.report["stats"]
     assert [s["changed"] for s in stats.values()] == [0]
     assert run.diff_after == run.diff_before
+    assert AUTH_PASSWORD not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -166,15 +217,16 @@ def test_bad_value_stops_site_yml_before_the_host_changes(runs: dict[str, Run], 
     assert [p["play"]["name"] for p in report["plays"]] == [PREFLIGHT_PLAY]
     assert run.diff_after == run.diff_before, "the target's files changed"
     assert PASSWORD not in run.stdout + run.stderr
+    assert AUTH_PASSWORD not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(
     "case",
     sorted(BAD),
 )
-def test_the_failure_names_the_variable(runs: dict[str, Run], case: str) -> None:
+def test_the_failure_names_the_variables(runs: dict[str, Run], case: str) -> None:
     run = runs[case]
-    variable = BAD[case][1]
     failures = run.failed_results
     assert failures, run.stdout[-3000:]
-    assert variable in json.dumps(failures), json.dumps(failures, indent=1)
+    for variable in BAD[case][1]:
+        assert variable in json.dumps(failures), json.dumps(failures, indent=1)

@@ -1,4 +1,4 @@
-"""Optional authentication and TLS (issue 6, item 8), checked inside the converged host.
+"""Optional authentication and TLS, checked inside the converged host.
 
 The registry serves HTTPS with a certificate from the throwaway CA of prepare.yml and asks
 for one of two htpasswd users. Real clients inside the host: curl, the docker CLI (CA in

@@ -186,3 +186,80 @@ def test_config_drift_is_restored_and_registry_restarted(host):
     cid = host.check_output(f"{COMPOSE} ps -q registry")
     after = host.check_output(f"docker inspect --format '{{{{.State.StartedAt}}}}' {cid}")
     assert before and after > before  # RFC 3339 in UTC sorts as text
+
+
+REPO = os.environ.get(
+    "MOLECULE_PROJECT_DIRECTORY", os.path.join(os.path.dirname(__file__), "..", "..", "..")
+)
+METRICS_FILE = "/var/lib/registry-cache/metrics/registry_janitor.prom"
+
+
+def test_anonymous_deletes_are_refused(host):
+    # registry_delete_enabled is off by default: the janitor works on the storage directly.
+    image = "127.0.0.1:5000/molecule/nodelete:v1"
+    script = f"""
+set -eu
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+echo "keep me $(date +%s%N)" > "$dir/keep.txt"
+printf 'FROM scratch\\nCOPY keep.txt /keep.txt\\n' > "$dir/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t {image} "$dir" >/dev/null
+docker push -q {image} >/dev/null
+"""
+    result = host.run(script)
+    assert result.rc == 0, result.stdout + result.stderr
+    accept = "-H 'Accept: application/vnd.docker.distribution.manifest.v2+json'"
+    base = "http://127.0.0.1:5000/v2/molecule/nodelete"
+    manifest = json.loads(host.check_output(f"curl -fsS {accept} {base}/manifests/v1"))
+    digest = host.check_output(
+        f"curl -fsS -o /dev/null -D - {accept} {base}/manifests/v1"
+        " | tr -d '\\r' | sed -n 's/^docker-content-digest: //Ip'"
+    )
+    assert digest.startswith("sha256:"), digest
+    layer = manifest["layers"][0]["digest"]
+    for path in (f"manifests/{digest}", f"blobs/{layer}"):
+        result = host.run(f"curl -sS -o - -w '\\n%{{http_code}}' -X DELETE {base}/{path}")
+        body, _, code = result.stdout.rpartition("\n")
+        assert code == "405", f"DELETE {path}: {code} {body}"
+        assert "UNSUPPORTED" in body, body
+    # Still there and whole.
+    assert host.run(f"curl -fsS -o /dev/null {accept} {base}/manifests/v1").rc == 0
+    assert host.run(f"curl -fsS -o /dev/null {base}/blobs/{layer}").rc == 0
+
+
+def test_metrics_are_readable_by_other_users(host):
+    # node_exporter's textfile collector runs as its own user.
+    if not host.file(METRICS_FILE).exists:
+        host.check_output("systemctl start registry-janitor.service")
+    assert host.file("/var/lib/registry-cache").mode == 0o755
+    metrics_dir = host.file("/var/lib/registry-cache/metrics")
+    assert metrics_dir.mode == 0o755
+    assert metrics_dir.user == "registry-cache"
+    assert host.file(METRICS_FILE).mode == 0o644
+    text = host.check_output(f"runuser -u nobody -- cat {METRICS_FILE}")
+    assert "registry_janitor_" in text
+
+
+def test_the_registry_uid_has_a_name(host):
+    # Check mode resolves the owner of the role's files (no "failed to look up user").
+    assert host.check_output("getent passwd 10000").startswith("registry-cache:")
+    assert host.check_output("getent group 10000").startswith("registry-cache:")
+
+
+def test_the_image_is_built_from_the_root_dockerfile(host):
+    with open(os.path.join(REPO, "Dockerfile"), encoding="utf-8") as handle:
+        root_dockerfile = handle.read()
+    assert host.file("/opt/registry-cache/build/Dockerfile").content_string == root_dockerfile
+    cid = host.check_output(f"{COMPOSE} ps -q registry")
+    image = host.check_output(f"docker inspect --format '{{{{.Image}}}}' {cid}")
+    user = host.check_output(f"docker image inspect --format '{{{{.Config.User}}}}' {image}")
+    assert user == "10000:10000"
+    with open(
+        os.path.join(REPO, "files/janitor/src/registry_janitor/__init__.py"), encoding="utf-8"
+    ) as handle:
+        version = handle.read().split('__version__ = "', 1)[1].split('"', 1)[0]
+    label = host.check_output(
+        "docker image inspect --format"
+        f" '{{{{index .Config.Labels \"org.opencontainers.image.version\"}}}}' {image}"
+    )
+    assert label == version

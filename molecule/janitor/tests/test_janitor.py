@@ -1,6 +1,6 @@
 """The janitor against the containerised registry, driven from outside as operators do.
 
-Issue 4, items 1-7. Real clients inside the converged host (the docker CLI and skopeo) push
+Real clients inside the converged host (the docker CLI and skopeo) push
 and pull through the published port 5000; sweeps run through registry-janitor.service,
 playbooks/sweep.yml and an ad-hoc `ansible` command; the store is read on the host's data
 directory (the Storage Box path). The tests share one registry and run in file order; each
@@ -275,7 +275,7 @@ def test_timer_is_enabled_and_has_not_fired(host):
     ) in ("", "n/a", "0")
 
 
-# --- 1: the seed's integration test through the deployed stack ----------------------------
+# --- 1: retention and reclaimed blobs through the deployed stack --------------------------
 
 
 def test_1_sweep_by_service_keeps_newest_two_and_reclaims_blobs(host):

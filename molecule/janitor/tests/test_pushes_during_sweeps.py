@@ -1,4 +1,4 @@
-"""Issue 6, item 1: pushes go on while sweeps with garbage-collect run.
+"""Pushes go on while sweeps with garbage-collect run.
 
 A bounded load (files/pushload.py, skopeo inside the host) pushes images continuously into
 load/r0..r3 while 20 sweeps run through registry-janitor.service. Each image reuses a layer

@@ -1,4 +1,4 @@
-"""The Storage Box goes missing and comes back (issue 6 item 3), checked inside the host.
+"""The Storage Box goes missing and comes back, checked inside the host.
 
 The share is a stand-in: mnt-storagebox.mount mounts /srv/storagebox-standin through a
 mount helper that fails like mount.cifs while the directory is missing (see prepare.yml). A trial takes the share away the way a Storage Box outage at boot looks to

@@ -1,8 +1,8 @@
-"""The seed's recipe, as the janitor issue describes it: per repository, delete the tag
-directories beyond the newest N (ranked by ``current/link`` mtime), then run
-``registry garbage-collect --delete-untagged CONFIG``.
+"""The plain recipe the janitor is measured against, the usual do-it-yourself cleanup:
+per repository, delete the tag directories beyond the newest N (ranked by ``current/link``
+mtime), then run ``registry garbage-collect --delete-untagged CONFIG``.
 
-Usage: python3 bench/seed_recipe.py STORE [--keep-last-n 10] --registry-config CONFIG
+Usage: python3 bench/plain_recipe.py STORE [--keep-last-n 10] --registry-config CONFIG
        [--registry-bin /usr/bin/docker-registry]
 """
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry-bin", default="/usr/bin/docker-registry")
     a = p.parse_args(argv)
     deleted = prune(a.store, a.keep_last_n)
-    print(f"seed recipe: {deleted} tag directories deleted", flush=True)
+    print(f"plain recipe: {deleted} tag directories deleted", flush=True)
     cmd = [a.registry_bin, "garbage-collect", "--delete-untagged", a.registry_config]
     rc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=sys.stderr)
     return rc.returncode
