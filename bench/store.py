@@ -413,7 +413,7 @@ def remove_tree(path: Path) -> None:
 
 
 def iter_repositories(root: Path) -> Iterator[tuple[str, Path]]:
-    """(name, path) of every repository in a store (used by the seed recipe and checks)."""
+    """(name, path) of every repository in a store (used by the plain recipe and checks)."""
     top = root / V2 / "repositories"
     stack = [top]
     while stack:
