@@ -134,10 +134,6 @@ class Config:
     def repositories_dir(self) -> Path:
         return self.data_dir / "docker" / "registry" / "v2" / "repositories"
 
-    @property
-    def blobs_dir(self) -> Path:
-        return self.data_dir / "docker" / "registry" / "v2" / "blobs"
-
 
 def parse_bool(setting: str, text: str) -> bool:
     value = text.strip().lower()

@@ -179,11 +179,9 @@ class Collector:
             log.warning("stopped: putting back %d held blobs", len(held))
             restored = set(held)
             self._restore(restored)
-            held_layers_left = held_layers
         else:
             restored = self._recheck(roots, held)
-            held_layers_left = held_layers
-        for repo in held_layers_left:
+        for repo in held_layers:
             if self.hold.settle_layers(repo):
                 self.out.emit(
                     "layers_restored",

@@ -15,7 +15,6 @@ goes back; layers go back where the repository has manifests again), before anyt
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from registry_janitor.storage import REPOSITORIES, Storage
 from registry_janitor.store import HEX, blob_dir, list_names
@@ -134,10 +133,3 @@ class Hold:
             return True
         self.drop_layers(repo)
         return False
-
-    def restore_all_blobs(self, digests: Iterable[str]) -> int:
-        n = 0
-        for digest in digests:
-            self.restore_blob(digest)
-            n += 1
-        return n
