@@ -164,11 +164,13 @@ def parse_budget(setting: str, text: str) -> Budget:
     )
     size: int | None = None
     seconds: int | None = None
-    for part in (p.strip() for p in value.split(",")):
+    for given in (p.strip() for p in text.split(",")):
+        part = given.lower()
         m = _SIZE.fullmatch(part)
         if m is not None and size is None:
             size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-        elif m is None and seconds is None and _DURATION_TEXT.fullmatch(part):
+        # Durations in lower case only: `10M` may be meant as megabytes.
+        elif m is None and seconds is None and _DURATION_TEXT.fullmatch(given):
             seconds = parse_duration(setting, part)
         else:
             raise error

@@ -26,7 +26,7 @@ def clean_env() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_"))
+        if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_", "VERIFY_"))
     }
 
 
