@@ -20,7 +20,7 @@ from typing import Self
 
 # How long a run waits for the lock when a `verify` is involved.
 WAIT = 3600.0
-_POLL = 0.5
+_POLL = 0.2
 
 
 class LockHeld(Exception):

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -410,14 +409,3 @@ def test_sweeps_still_refuse_each_other_at_once_and_waits_are_bounded(tmp_path: 
         stop.set()
         with pytest.raises(lock.LockHeld):
             lock.SweepLock(path, "gc", stop=stop).__enter__()
-
-
-def test_the_cli_lists_verify_and_its_settings() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "registry_janitor", "verify", "--help"],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        check=True,
-    ).stdout
-    assert "--verify-budget" in out and "VERIFY_INTERVAL" in out
