@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help deps venv images bench bench-smoke throughput up down gc lint test-unit test-integration test-smb test-janitor \
+.PHONY: help deps venv images bench bench-smoke bench-verify throughput up down gc lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
 
 help: ## list the targets
@@ -82,6 +82,9 @@ bench: deps venv ## benchmarks at full size (20-55 min on 2 cores): janitor vs a
 
 bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; kept tags must survive)
 	$(BIN)/python bench/run.py --size smoke
+
+bench-verify: venv ## registry-janitor verify vs sha256sum: 2 GiB of blobs on local disk, 64 MiB on the slow filesystem (~5 min)
+	$(BIN)/python bench/verify_throughput.py
 
 throughput: ## push/pull of a 1 GiB image through the local cache host (make up first) vs cp
 	python3 bench/throughput.py --size-mib 1024
