@@ -130,12 +130,10 @@ def janitor(root: Path, concurrency: int, *extra: str) -> tuple[float, dict[str,
 
 
 def best(runs: int, fn: Callable[[], tuple[float, object]]) -> tuple[float, object, list[float]]:
-    walls: list[float] = []
-    out: object = None
-    for _ in range(runs):
-        wall, out = fn()
-        walls.append(wall)
-    return min(walls), out, walls
+    """The fastest of `runs` runs: (its wall time, its output, every wall time)."""
+    results = [fn() for _ in range(runs)]
+    wall, out = min(results, key=lambda r: r[0])
+    return wall, out, [r[0] for r in results]
 
 
 def check_digests(sums: str, files: list[str]) -> None:
@@ -202,14 +200,16 @@ def run_slowfs(cache: Path, size_mib: int, latency_ms: float, repeat: int) -> di
     return res
 
 
-def table(results: dict[str, dict[str, object]], argv: list[str]) -> str:
+def table(results: dict[str, object], argv: list[str]) -> str:
     rows = [
         "| where | contender | wall | throughput | vs sha256sum |",
         "| --- | --- | --- | --- | --- |",
     ]
     for where, res in results.items():
-        total = int(res["bytes"])  # type: ignore[call-overload]
-        base = res["sha256sum"]["wall_s"]  # type: ignore[index]
+        if not isinstance(res, dict):
+            continue
+        total = int(res["bytes"])
+        base = res["sha256sum"]["wall_s"]
         for name, fig in res.items():
             if not isinstance(fig, dict) or "wall_s" not in fig:
                 continue
@@ -224,7 +224,8 @@ def table(results: dict[str, dict[str, object]], argv: list[str]) -> str:
                 f"| {where} | {label} | {wall:.2f} s | {total / MIB / wall:.0f} MiB/s"
                 f" | {wall / base:.2f}x |"
             )
-    head = f"Command: `python3 bench/verify_throughput.py {' '.join(argv)}`".rstrip() + "\n\n"
+    cmd = " ".join(["python3 bench/verify_throughput.py", *argv])
+    head = f"Command: `{cmd}`; load average {results.get('load', '')}\n\n"
     return head + "\n".join(rows) + "\n"
 
 
@@ -241,15 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     a.cache.mkdir(parents=True, exist_ok=True)
     parts = a.only.split(",")
     results: dict[str, dict[str, object]] = {}
+    load_before = os.getloadavg()
     if "local" in parts:
         results["local disk (warm cache)"] = run_local(a.cache, a.size_mib, a.repeat)
     if "slowfs" in parts:
         results[f"slowfs {a.latency_ms:g} ms/op"] = run_slowfs(
             a.cache, a.slow_size_mib, a.latency_ms, a.slow_repeat
         )
-    text = table(results, sys.argv[1:] if argv is None else argv)
+    load = f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1 min)"
+    text = table({**results, "load": load}, sys.argv[1:] if argv is None else argv)
     print(text)
-    (a.cache / "results.json").write_text(json.dumps(results, indent=2))
+    (a.cache / "results.json").write_text(json.dumps({**results, "load": load}, indent=2))
     (a.cache / "results.md").write_text(text)
 
 

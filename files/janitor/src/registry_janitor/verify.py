@@ -392,7 +392,7 @@ class Verifier:
             elif r.outcome == "error":
                 self._error(f"cannot read blob {b.digest}: {r.error}", digest=b.digest)
                 stats.errors += 1
-            elif r.outcome == "skipped" and not stats.limit:
+            elif r.outcome == "skipped" and stats.limit != "stop":
                 stats.limit = "stop" if self.stop.is_set() else "time"
             if batch and (
                 len(batch) >= self._batch or time.monotonic() - committed >= COMMIT_SECONDS
