@@ -71,8 +71,9 @@ class Quarantine:
         text = json.dumps(report, indent=2, sort_keys=True) + "\n"
         self.storage.write(f"{path}/{REPORT}", text.encode())
 
-    def entries(self) -> list[Entry]:
-        """Every entry, oldest first; one whose report cannot be read has an empty report."""
+    def entries(self, *, reports: bool = True) -> list[Entry]:
+        """Every entry, oldest first; one whose report cannot be read (or, with `reports`
+        False, is not read) has an empty report."""
         out = []
         for name in list_names(self.storage, QUARANTINE_DIR):
             hexpart = name.partition("-")[0]
@@ -81,6 +82,9 @@ class Quarantine:
                 continue
             path = f"{QUARANTINE_DIR}/{name}"
             report: dict[str, Any] = {}
+            if not reports:
+                out.append(Entry(path, digest))
+                continue
             try:
                 raw, _ = self.storage.read(f"{path}/{REPORT}", _REPORT_MAX)
                 loaded = json.loads(raw)

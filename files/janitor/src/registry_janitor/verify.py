@@ -47,7 +47,7 @@ from registry_janitor.config import Budget, Config
 from registry_janitor.gc import pause
 from registry_janitor.hold import Hold
 from registry_janitor.output import Output, human_bytes, iso
-from registry_janitor.quarantine import QUARANTINE_DIR, Quarantine
+from registry_janitor.quarantine import QUARANTINE_DIR, Entry, Quarantine
 from registry_janitor.records import VerifyStats
 from registry_janitor.storage import BLOBS, FilesystemStorage, Storage
 
@@ -308,10 +308,11 @@ class Verifier:
 
         t = time.monotonic()
         self._missing_manifests(blobs, findings)
-        self._open_entries(blobs, findings)
+        entries = self.quarantine.entries(reports=False)
+        self._open_entries(blobs, entries, findings)
         if findings:
             self._report(findings, stats)
-        stats.quarantined = len(self.quarantine.entries())
+        stats.quarantined = len(entries)
         stats.phases["report"] = round(time.monotonic() - t, 3)
 
     # -- listing ---------------------------------------------------------------------------
@@ -502,10 +503,10 @@ class Verifier:
             except OSError:
                 pass  # the listing said why already
 
-    def _open_entries(self, blobs: list[Blob], findings: _Findings) -> None:
+    def _open_entries(self, blobs: list[Blob], entries: list[Entry], findings: _Findings) -> None:
         """Blobs quarantined by earlier runs that no push has brought back yet."""
         present = {b.digest for b in blobs}
-        for entry in self.quarantine.entries():
+        for entry in entries:
             if entry.digest not in present and entry.digest not in findings.corrupt:
                 findings.open_entries[entry.digest] = entry.path
 
