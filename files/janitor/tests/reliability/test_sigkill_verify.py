@@ -26,7 +26,7 @@ from pathlib import Path
 import crashstore
 import janitor
 from registry import Registry
-from registry_janitor import gc, verify
+from registry_janitor import gc, verified, verify
 from registry_janitor.storage import FilesystemStorage
 
 SEED = 20261130
@@ -37,8 +37,8 @@ def blobs(reg: Registry) -> dict[str, Path]:
     return {"sha256:" + p.parent.name: p for p in reg.blobs.glob("sha256/*/*/data")}
 
 
-def recorded(reg: Registry) -> dict[str, verify.Record]:
-    return verify.State(FilesystemStorage(reg.root)).load()
+def recorded(reg: Registry) -> dict[str, verified.Record]:
+    return verified.State(FilesystemStorage(reg.root)).load()
 
 
 def start(reg: Registry, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -60,7 +60,7 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
-def check_state(reg: Registry) -> dict[str, verify.Record]:
+def check_state(reg: Registry) -> dict[str, verified.Record]:
     """Every record is a real verification of the bytes stored now."""
     on_disk = blobs(reg)
     recs = recorded(reg)
@@ -78,7 +78,7 @@ def finish(reg: Registry, before: int) -> None:
     [summary] = [e for e in janitor.events(result) if e["event"] == "summary"]
     assert summary["blobs_verified"] == len(blobs(reg)) - before
     assert set(check_state(reg)) == set(blobs(reg))
-    assert not list((reg.root / verify.JOURNAL_DIR).glob("*.json"))
+    assert not list((reg.root / verified.JOURNAL_DIR).glob("*.json"))
 
 
 def test_kill_after_the_first_commit_keeps_that_batch(
@@ -96,7 +96,7 @@ def test_kill_after_the_first_commit_keeps_that_batch(
         time.sleep(0.01)
     kill(proc)
     assert len(check_state(reg)) == 3
-    assert not (reg.root / verify.STATE_FILE).exists()  # only the journal so far
+    assert not (reg.root / verified.STATE_FILE).exists()  # only the journal so far
     finish(reg, 3)
 
 

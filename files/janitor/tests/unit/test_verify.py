@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_janitor import config, lock, metrics, verify
+from registry_janitor import config, lock, metrics, verified, verify
 from registry_janitor.output import Output
 from registry_janitor.quarantine import QUARANTINE_DIR, Quarantine
 from registry_janitor.records import VerifyStats
@@ -58,8 +58,8 @@ def all_blobs(s: Store) -> set[str]:
     return {"sha256:" + p.parent.name for p in s.blobs.glob("sha256/*/*/data")}
 
 
-def records(s: Store) -> dict[str, verify.Record]:
-    return verify.State(FilesystemStorage(s.root)).load()
+def records(s: Store) -> dict[str, verified.Record]:
+    return verified.State(FilesystemStorage(s.root)).load()
 
 
 def two_repos(s: Store) -> dict[str, str]:
@@ -84,25 +84,25 @@ def layer_of(s: Store, manifest: str, index: int = 1) -> str:
 
 
 def test_never_verified_newest_first_then_due_least_recently_verified_first() -> None:
-    blobs = [verify.Blob(f"sha256:{i:064x}", 10, float(i)) for i in range(6)]
+    blobs = [verified.Blob(f"sha256:{i:064x}", 10, float(i)) for i in range(6)]
     recs = {
-        blobs[0].digest: verify.Record(NOW - 40 * 86400, 10, 0.0),  # due, verified longest ago
-        blobs[1].digest: verify.Record(NOW - 35 * 86400, 10, 1.0),  # due
-        blobs[2].digest: verify.Record(NOW - 1 * 86400, 10, 2.0),  # verified recently
-        blobs[3].digest: verify.Record(NOW - 50 * 86400, 10, 99.0),  # rewritten since: new
+        blobs[0].digest: verified.Record(NOW - 40 * 86400, 10, 0.0),  # due, verified longest ago
+        blobs[1].digest: verified.Record(NOW - 35 * 86400, 10, 1.0),  # due
+        blobs[2].digest: verified.Record(NOW - 1 * 86400, 10, 2.0),  # verified recently
+        blobs[3].digest: verified.Record(NOW - 50 * 86400, 10, 99.0),  # rewritten since: new
     }
-    new, due = verify.queue(blobs, recs, NOW, 30 * 86400)
+    new, due = verified.queue(blobs, recs, NOW, 30 * 86400)
     assert [b.digest for b in new] == [blobs[i].digest for i in (5, 4, 3)]
     assert [b.digest for b in due] == [blobs[0].digest, blobs[1].digest]
-    assert verify.queue(blobs, recs, NOW, None)[1] == []  # VERIFY_INTERVAL=never
+    assert verified.queue(blobs, recs, NOW, None)[1] == []  # VERIFY_INTERVAL=never
 
 
 def test_a_byte_budget_stops_after_the_blob_that_reaches_it() -> None:
-    blobs = [verify.Blob(f"sha256:{i:064x}", size, 0.0) for i, size in enumerate((4, 4, 4, 100))]
-    assert [b.size for b in verify.take(blobs, 8)] == [4, 4]
-    assert [b.size for b in verify.take(blobs, 9)] == [4, 4, 4]
-    assert [b.size for b in verify.take(blobs[3:], 8)] == [100]  # never starved
-    assert len(verify.take(blobs, None)) == 4
+    blobs = [verified.Blob(f"sha256:{i:064x}", size, 0.0) for i, size in enumerate((4, 4, 4, 100))]
+    assert [b.size for b in verified.take(blobs, 8)] == [4, 4]
+    assert [b.size for b in verified.take(blobs, 9)] == [4, 4, 4]
+    assert [b.size for b in verified.take(blobs[3:], 8)] == [100]  # never starved
+    assert len(verified.take(blobs, None)) == 4
 
 
 # -- budget and interval settings ---------------------------------------------------------
@@ -150,7 +150,7 @@ def test_a_clean_store_is_verified_once_and_not_again_until_due(s: Store) -> Non
     assert again.ok and again.blobs_verified == 0 and again.unverified == 0
     everything, _ = run(s, verify_interval="0")
     assert everything.blobs_verified == stats.blobs
-    assert not list((s.root / verify.JOURNAL_DIR).iterdir())  # folded into the state file
+    assert not list((s.root / verified.JOURNAL_DIR).iterdir())  # folded into the state file
 
 
 def test_a_blob_written_again_counts_as_never_verified(s: Store) -> None:
@@ -179,7 +179,7 @@ def test_the_byte_budget_spreads_a_pass_over_runs_without_repeating_a_blob(s: St
 def test_unreadable_state_only_costs_work(s: Store) -> None:
     two_repos(s)
     run(s)
-    (s.root / verify.STATE_FILE).write_text("{not json")
+    (s.root / verified.STATE_FILE).write_text("{not json")
     stats, _ = run(s)
     assert stats.ok and stats.blobs_verified == stats.blobs
 
