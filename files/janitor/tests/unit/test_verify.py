@@ -409,3 +409,26 @@ def test_sweeps_still_refuse_each_other_at_once_and_waits_are_bounded(tmp_path: 
         stop.set()
         with pytest.raises(lock.LockHeld):
             lock.SweepLock(path, "gc", stop=stop).__enter__()
+
+
+def test_a_sweep_started_during_a_verify_waits_and_then_runs(s: Store) -> None:
+    two_repos(s)
+    for _ in range(20):
+        s.blob(os.urandom(500))
+    env = {**clean_env(), verify.DELAY_ENV: "0.1", "JANITOR_CONCURRENCY": "1"}
+    slow = subprocess.Popen(
+        janitor(s, "verify", "--registry-config", "/dev/null", "--json"),
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert slow.stdout is not None
+    for line in slow.stdout:  # the verify holds the lock once it plans
+        if '"verify_plan"' in line:
+            break
+    sweep = cli(janitor(s, "sweep", "--run-once", "--json", "--gc-settle", "0"), clean_env())
+    rest = slow.stdout.read()
+    assert slow.wait(30) == 0 and '"summary"' in rest
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    [wait] = [json.loads(x) for x in sweep.stdout.splitlines() if '"lock_wait"' in x]
+    assert wait["holder"] == "verify"
