@@ -1,7 +1,10 @@
 """Puts molecule/shared on sys.path: Molecule runs pytest on this folder's files alone, so
-the helpers the scenarios share (registry_cache_testing) are not importable otherwise."""
+the helpers the scenarios share (registry_cache_testing) are not importable otherwise; and
+groups the tests per file and host for pytest-xdist."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+
+from registry_cache_testing import pytest_collection_modifyitems  # noqa: F401
