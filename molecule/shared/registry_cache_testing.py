@@ -1,8 +1,7 @@
-"""Helpers the Molecule scenarios' testinfra tests share, and their pytest-xdist grouping.
+"""Helpers the Molecule scenarios' testinfra tests share.
 
-Each scenario's tests/conftest.py puts this folder on sys.path (Molecule runs pytest from the
-scenario directory, so only that scenario's tests folder is importable by default) and takes
-pytest_collection_modifyitems from here.
+Each scenario's tests/conftest.py puts this folder on sys.path: Molecule runs pytest from the
+scenario directory, so only that scenario's tests folder is importable by default.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-
-import pytest
 
 # Moves the mtime of every `link` file below the given folders back by argv[1] seconds,
 # atime and order kept. The janitor reads a link's mtime as the push time of the tag,
@@ -86,15 +83,3 @@ def controller_tool(name: str) -> str:
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     assert Path(found).exists(), f"{name} not found on the controller"
     return found
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups the tests for pytest-xdist's --dist loadgroup: one group per test file and
-    host, so a file's tests against one host run in one worker, in file order, sharing its
-    module fixtures (the tests of a file build on one registry), while files against other
-    hosts run in other workers at the same time."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        host = callspec.params.get("_testinfra_host") if callspec else None
-        target = host.backend.get_pytest_id() if host is not None else "controller"
-        item.add_marker(pytest.mark.xdist_group(f"{item.path.name}@{target}"))
