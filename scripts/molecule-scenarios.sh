@@ -23,7 +23,7 @@ run_one() {
     local s=$1 log=.cache/molecule-$1.log start rc
     start=$(date +%s)
     echo "== molecule test -s $s (log: $log)"
-    molecule test -s "$s" 2>&1 | awk '{ print strftime("%H:%M:%S"), $0; fflush() }' | tee "$log" |
+    PYTHONUNBUFFERED=1 molecule test -s "$s" 2>&1 | awk '{ print strftime("%H:%M:%S"), $0; fflush() }' | tee "$log" |
         { grep --line-buffered -E '^[0-9:]+ INFO .*(Executing|Executed: .*)$' | sed -u "s/^/   [$s] /"; true; }
     rc=${PIPESTATUS[0]}
     scripts/check-secret-leak.sh "$s" "$log" || rc=1
