@@ -7,8 +7,8 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 # How many scenarios run at the same time (much of a scenario is waiting for systemd,
-# Docker and the registry, not computing).
-MOLECULE_JOBS ?= 2
+# Docker, apt and the registry, not computing).
+MOLECULE_JOBS ?= 4
 
 .PHONY: help deps venv images registry-image bench bench-smoke throughput up down gc lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
