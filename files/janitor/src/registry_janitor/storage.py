@@ -210,12 +210,14 @@ class FilesystemStorage:
 
     def _parent(self, path: str) -> tuple[int | None, str, bool]:
         """(descriptor of the parent directory or None, last component, owned). The parent is
-        opened with O_NOFOLLOW: a parent swapped for a symlink is never followed."""
+        opened with O_NOFOLLOW: a parent swapped for a symlink is never followed. O_PATH: the
+        descriptor only names the directory for the *at calls, so the filesystem is not asked
+        to open it (one round trip less on a network filesystem)."""
         dir_fd, rel = self._at(path)
         parent, _, name = rel.rpartition("/")
         if not parent:
             return dir_fd, name, False
-        return os.open(parent, _DIR_FLAGS, dir_fd=dir_fd), name, True
+        return os.open(parent, _PARENT_FLAGS, dir_fd=dir_fd), name, True
 
     def delete(self, path: str) -> None:
         try:
@@ -256,6 +258,7 @@ def _stat(st: os.stat_result) -> Stat:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _NOFOLLOW
 
 
 def remove_tree(name: str, dir_fd: int | None = None) -> None:
