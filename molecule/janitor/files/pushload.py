@@ -119,8 +119,15 @@ def manifest_status(repo, digest):
 def check(out_path, state_path):
     state = json.loads(Path(state_path).read_text()) if Path(state_path).exists() else {}
     checked = set(state.get("checked", []))
-    summary = {"checked": 0, "pulled": 0, "lost": [], "broken": [], "pushes": 0, "refused": 0,
-               "refused_errors": []}
+    summary = {
+        "checked": 0,
+        "pulled": 0,
+        "lost": [],
+        "broken": [],
+        "pushes": 0,
+        "refused": 0,
+        "refused_errors": [],
+    }
     dest = Path("/var/tmp/pushload/pull")
     for line in Path(out_path).read_text().splitlines():
         rec = json.loads(line)
