@@ -52,9 +52,12 @@ OCI_ACCEPT = (
 )
 UNIQUE_SIZE = 256 * 1024
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# registry-cache-sweep runs `prune`, then `gc` (registry read-only): two summary lines.
-SWEEP_SUMMARY = re.compile(r"prune done: \d+ repositories, \d+ tags kept, \d+ deleted")
-GC_SUMMARY = re.compile(r"gc done: .* reclaimed")
+# The janitor engine (this host's): one `sweep done: ...` line per sweep, reclaimed bytes in
+# it. The registry engine: `prune done: ...`, then `gc done: ...` from its read-only window.
+SWEEP_SUMMARY = re.compile(
+    r"(?:sweep|prune) done: \d+ repositor(?:y|ies), \d+ tags kept, \d+ deleted"
+)
+GC_SUMMARY = re.compile(r"(?:sweep|gc) done: .* reclaimed")
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 def reported_bytes(log: str) -> float:
     """Bytes reclaimed according to the janitor's summary line ("... / 1.5 MiB reclaimed")."""
-    match = re.search(r"gc done: .*?/ ([0-9.]+) ?(B|KiB|MiB|GiB)\b.*?reclaimed", log)
+    match = re.search(r"(?:sweep|gc) done: .*?/ ([0-9.]+) ?(B|KiB|MiB|GiB)\b.*?reclaimed", log)
     assert match, log
     return float(match[1]) * UNITS[match[2]]
 
