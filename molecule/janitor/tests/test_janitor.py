@@ -223,6 +223,18 @@ def pushed_hours_ago(host, *repos: str, hours: int = 3) -> None:
     age_links(host, hours * 3600, *(f"{V2}/repositories/{r}" for r in repos))
 
 
+def first_seen_unreachable_hours_ago(host, hours: int = 3) -> None:
+    """Moves back when the janitor first saw each unreachable revision (its state file in
+    the data directory): a revision that lost its tag without the policy deleting it (an
+    overwritten `latest`) is dated from then, not from its push."""
+    script = (
+        "import json, sys; p, shift = sys.argv[1], float(sys.argv[2]); s = json.load(open(p)); "
+        "json.dump({r: {d: t - shift for d, t in v.items()} for r, v in s.items()}, open(p, 'w'))"
+    )
+    path = f"{DATA}/.registry-janitor.unreachable"
+    sh(host, f"python3 -c {shlex.quote(script)} {path} {hours * 3600}")
+
+
 def assert_pruned(
     host, repo: str, infos: dict, kept: list[str], gone: list[str], *, oci: bool = True
 ) -> None:
@@ -393,6 +405,11 @@ def test_3b_overwritten_index_tag_is_collected_and_new_one_pulls(host):
     new = push_oci(host, repo, "latest", kind="index", shared="latest-base")
     pushed_hours_ago(host, repo)
 
+    # The overwritten index is unreachable from now on: whoever pulls the previous `latest`
+    # by digest keeps it for the revision grace, however old its push.
+    sweep_by_service(host)
+    assert http(host, f"/v2/{repo}/manifests/{old['digest']}")[0] == 200
+    first_seen_unreachable_hours_ago(host)
     sweep_by_service(host)
 
     assert tags(host, repo) == ["latest"]
