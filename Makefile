@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
-.PHONY: help deps venv images bench bench-smoke throughput up down gc lint test-unit test-integration test-smb test-janitor \
+.PHONY: help deps venv images bench bench-smoke throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
 
 help: ## list the targets
@@ -85,6 +85,9 @@ bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; ke
 
 throughput: ## push/pull of a 1 GiB image through the local cache host (make up first) vs cp
 	python3 bench/throughput.py --size-mib 1024
+
+mirror-throughput: ## pull of a 1 GiB image through a pull-through mirror (cold, warm) vs from its upstream
+	python3 bench/mirror_throughput.py --size-mib 1024
 
 test: deps venv ## everything CI runs: lint, janitor tests, playbook preflight tests, bench smoke, every Molecule scenario (timed)
 	@set -e; for part in images lint test-janitor test-playbooks bench-smoke test-molecule; do \
