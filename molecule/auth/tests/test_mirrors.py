@@ -80,6 +80,15 @@ def login_public(host) -> None:
     )
 
 
+def http_status(host, url: str, options: str = "", stdin: str = "true") -> str:
+    """The HTTP status of a curl request made inside the host, TLS verified with the CA;
+    `stdin` is a shell command whose output curl reads as its config (-K -)."""
+    return sh(
+        host,
+        f"{stdin} | curl -sS --cacert {CA} -K - {options} -o /dev/null -w '%{{http_code}}' '{url}'",
+    ).strip()
+
+
 def image_id(host, ref: str) -> str:
     return sh(host, f"docker image inspect --format '{{{{.Id}}}}' {ref}").strip()
 
@@ -224,14 +233,9 @@ def test_every_service_is_healthy(host):
 
 def test_the_public_mirror_wants_the_registry_users(host):
     url = f"https://127.0.0.1:{PORTS['public']}/v2/"
-    anonymous = sh(host, f"curl -sS --cacert {CA} -o /dev/null -w '%{{http_code}}' {url}")
-    assert anonymous == "401"
-    authenticated = sh(
-        host,
-        f'pw=$(echo {PULLER_B64} | base64 -d); printf \'user = "puller:%s"\\n\' "$pw" | '
-        f"curl -sS --cacert {CA} -K - -o /dev/null -w '%{{http_code}}' {url}",
-    )
-    assert authenticated == "200"
+    assert http_status(host, url) == "401"
+    config = f'pw=$(echo {PULLER_B64} | base64 -d); printf \'user = "puller:%s"\\n\' "$pw"'
+    assert http_status(host, url, stdin=config) == "200"
 
 
 def test_pull_through_the_public_mirror_with_the_docker_cli_and_skopeo(host, images):
@@ -284,12 +288,8 @@ def test_a_push_to_a_mirror_is_refused(host, images):
     assert upload.endswith(" 405") and '"code":"UNSUPPORTED"' in upload, upload
     # storage.delete is on for the expiry, and still no client can delete.
     digest = "sha256:" + "0" * 64
-    delete = sh(
-        host,
-        f"curl -sS --cacert {CA} -X DELETE -o /dev/null -w '%{{http_code}}' "
-        f"https://127.0.0.1:{port}/v2/molecule/hello/manifests/{digest}",
-    )
-    assert delete == "405"
+    url = f"https://127.0.0.1:{port}/v2/molecule/hello/manifests/{digest}"
+    assert http_status(host, url, "-X DELETE") == "405"
     assert not host.file(f"{v2('hub')}/repositories/team/pushed").exists
 
 
@@ -312,18 +312,9 @@ def test_the_hub_upstream_refuses_requests_without_the_account(host, images):
     """So the pull above needed the password the role gave the mirror."""
     repo, _ = images["hello"]
     name, tag = repo.split(":")
-    direct = sh(
-        host,
-        f"curl -sS --cacert {CA} -o /dev/null -w '%{{http_code}}' "
-        f"https://192.0.2.1:5101/v2/{name}/manifests/{tag}",
-    )
-    assert direct == "401"
-    anonymous_token = sh(
-        host,
-        f"curl -sS --cacert {CA} -o /dev/null -w '%{{http_code}}' "
-        f"'https://192.0.2.1:5102/token?service=molecule-upstream&scope=repository:{name}:pull'",
-    )
-    assert anonymous_token == "401"
+    assert http_status(host, f"https://192.0.2.1:5101/v2/{name}/manifests/{tag}") == "401"
+    token = f"https://192.0.2.1:5102/token?service=molecule-upstream&scope=repository:{name}:pull"
+    assert http_status(host, token) == "401"
 
 
 def test_the_hub_mirror_serves_anonymous_clients(host, images):
@@ -440,11 +431,7 @@ def test_a_missing_upstream_does_not_hold_back_the_push_registry(host):
         restart = host.run("systemctl restart registry-cache.service")
         assert restart.rc == 0, restart.stderr
         assert health(host, "registry") == "healthy"
-        status = sh(
-            host,
-            f"curl -sS --cacert {CA} -o /dev/null -w '%{{http_code}}' https://127.0.0.1:5000/v2/",
-        )
-        assert status == "401"
+        assert http_status(host, "https://127.0.0.1:5000/v2/") == "401"
         time.sleep(3)
         assert health(host, "mirror-public") != "healthy"
         log = sh(host, f"{COMPOSE} logs --no-color mirror-public")
