@@ -20,11 +20,20 @@ import calendar
 import json
 import os
 import re
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import testinfra.utils.ansible_runner
-from registry_cache_testing import age_links, journal_cursor, sh, sweep_by_service, unit_journal
+from registry_cache_testing import (
+    age_links,
+    controller_tool,
+    journal_cursor,
+    sh,
+    sweep_by_service,
+    unit_journal,
+)
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -509,6 +518,47 @@ def test_the_upstream_password_is_only_in_the_env_file_and_the_container(host, i
             f"| grep -F {patterns} | cut -d' ' -f1; done",
         )
         assert environments.split() == ["/registry-cache-mirror-hub-1"]
+
+
+# Last: it leaves a mirror that cannot start behind.
+def test_the_role_fails_naming_a_mirror_that_does_not_start(host, tmp_path):
+    """The registry role alone with a mirror whose upstream does not answer: the run fails
+    after registry_start_timeout, naming the mirror and quoting its log; the push registry
+    keeps serving."""
+    project = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
+    playbook = tmp_path / "registry-only.yml"
+    playbook.write_text(
+        "- name: The registry role alone\n  hosts: registry_cache\n  become: true\n"
+        "  gather_facts: false\n  roles:\n    - role: registry\n"
+    )
+    extra = tmp_path / "extra.json"
+    public = {"name": "public", "remote_url": f"http://{UPSTREAM_PUBLIC}", "port": PORTS["public"]}
+    broken = {"name": "broken", "remote_url": "http://192.0.2.1:5199", "port": 5003}
+    extra.write_text(
+        json.dumps(
+            {
+                "registry_mirrors": [public, broken],
+                "registry_mirrors_data_dir": MIRRORS,
+                "registry_start_timeout": 20,
+            }
+        )
+    )
+    result = subprocess.run(
+        [controller_tool("ansible-playbook"), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         str(playbook), "-e", f"@{extra}"],
+        cwd=project, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(project / "roles"), "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    message = " ".join(
+        out.partition("TASK [registry : Fail when a mirror is not healthy]")[2].split()
+    )
+    assert "registry_mirrors: mirror-broken not healthy after 20 s" in message, out[-3000:]
+    assert "192.0.2.1:5199" in message and "connection refused" in message, message
+    assert "mirror-public" not in message.partition("Last log lines")[0], message
+    assert health(host, "registry") == "healthy"
+    assert http_status(host, "https://127.0.0.1:5000/v2/") == "401"
 
 
 def test_cleanup(host):
