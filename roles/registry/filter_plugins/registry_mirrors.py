@@ -164,9 +164,22 @@ def registry_mirror_problems(
     return problems
 
 
+def registry_paths_outside(paths: Iterable[Any], root: str) -> list[str]:
+    """The paths that are not strictly below `root` as written, or that have '.' or '..'
+    components (which could lead out of it)."""
+    top = str(root).rstrip("/")
+    outside = []
+    for path in map(str, paths):
+        parts = path.split("/")
+        if "." in parts or ".." in parts or not path.rstrip("/").startswith(top + "/"):
+            outside.append(path)
+    return outside
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
             "registry_mirrors_resolved": registry_mirrors_resolved,
             "registry_mirror_problems": registry_mirror_problems,
+            "registry_paths_outside": registry_paths_outside,
         }
