@@ -86,7 +86,11 @@ def registry_mirror_problems(
         port = _port(value)
         if port is not None:
             ports.setdefault(port, variable)
-    dirs: dict[str, str] = {str(path): variable for variable, path in stores.items() if path}
+    dirs: dict[str, str] = {}
+    for variable, path in stores.items():
+        if path:
+            # registry_data_dir and janitor_data_dir are usually the same directory.
+            dirs[str(path)] = " and ".join(filter(None, [dirs.get(str(path)), variable]))
     names: set[str] = set()
     for index, mirror in enumerate(
         registry_mirrors_resolved(mirrors, str(data_root), secrets=True)
