@@ -1,4 +1,4 @@
-"""Helpers the Molecule scenarios' testinfra tests share (janitor, auth, storage).
+"""Helpers the Molecule scenarios' testinfra tests share.
 
 Each scenario's tests/conftest.py puts this folder on sys.path: Molecule runs pytest from the
 scenario directory, so only that scenario's tests folder is importable by default.
@@ -6,9 +6,13 @@ scenario directory, so only that scenario's tests folder is importable by defaul
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Moves the mtime of every `link` file below the given folders back by argv[1] seconds,
@@ -56,8 +60,9 @@ def unit_journal(
     host, unit: str, *, after_cursor: str | None = None, since: str | None = None
 ) -> str:
     """A unit's journal messages (-o cat), after a journal_cursor() or since a Unix time.
-    journalctl exits 0 when nothing matches, so a failure here is the journal's own."""
-    command = f"journalctl -u {unit} -o cat --no-pager"
+    journalctl exits 0 when nothing matches, so a failure here is the journal's own. On a
+    busy machine journald may not have written what systemd just logged: --sync first."""
+    command = f"journalctl --sync && journalctl -u {unit} -o cat --no-pager"
     if after_cursor is not None:
         command += f" --after-cursor={shlex.quote(after_cursor)}"
     if since is not None:
@@ -83,3 +88,19 @@ def controller_tool(name: str) -> str:
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     assert Path(found).exists(), f"{name} not found on the controller"
     return found
+
+
+@contextmanager
+def one_file_at_a_time(host_name: str) -> Iterator[None]:
+    """Test files that restart, sweep or reconfigure the same host take turns: pytest-xdist
+    runs the files of a scenario at the same time. A lock file on the controller, in the
+    scenario's folder (destroy removes it); held until the block ends."""
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME", "default")
+    folder = Path("/var/tmp/registry-cache-molecule") / scenario
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{host_name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

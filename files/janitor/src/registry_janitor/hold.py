@@ -22,7 +22,7 @@ from registry_janitor.store import HEX, blob_dir, list_names
 log = logging.getLogger(__name__)
 
 HOLD_DIR = ".registry-janitor-held"
-_BLOBS = f"{HOLD_DIR}/blobs"
+HELD_BLOBS = f"{HOLD_DIR}/blobs"
 _LAYERS = f"{HOLD_DIR}/layers"
 
 
@@ -47,7 +47,7 @@ class Hold:
     def hold_blob(self, digest: str) -> bool:
         """Take a blob out of the registry's view; False when it is already gone."""
         try:
-            self.storage.move(blob_dir(digest), f"{_BLOBS}/{digest.removeprefix('sha256:')}")
+            self.storage.move(blob_dir(digest), f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}")
         except FileNotFoundError:
             return False
         return True
@@ -56,7 +56,7 @@ class Hold:
         """Put a held blob back. When the registry has the blob again (a client uploaded it
         while it was held), the held copy is the same content and is dropped. True when the
         registry has the blob afterwards."""
-        held = f"{_BLOBS}/{digest.removeprefix('sha256:')}"
+        held = f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}"
         target = blob_dir(digest)
         if not _exists(self.storage, f"{target}/data"):
             try:
@@ -72,10 +72,20 @@ class Hold:
         return True
 
     def drop_blob(self, digest: str) -> None:
-        self.storage.delete(f"{_BLOBS}/{digest.removeprefix('sha256:')}")
+        held = f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}"
+        # A blob directory holds only `data`: unlink it, then remove the directory, instead
+        # of opening and listing it (round trips on a network filesystem). Anything else in
+        # it (or a symlink in its place) leaves rmdir failing, and the whole entry goes.
+        self.storage.delete(f"{held}/data")
+        try:
+            self.storage.rmdir(held)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self.storage.delete(held)
 
     def held_blobs(self) -> list[str]:
-        return [f"sha256:{h}" for h in list_names(self.storage, _BLOBS) if HEX.fullmatch(h)]
+        return [f"sha256:{h}" for h in list_names(self.storage, HELD_BLOBS) if HEX.fullmatch(h)]
 
     # -- a removed repository's `_layers` ------------------------------------------------
     def hold_layers(self, repo: str) -> bool:

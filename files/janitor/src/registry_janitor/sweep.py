@@ -22,11 +22,11 @@ from pathlib import Path
 from registry_janitor import executor, manifests, pending, plan, registry_gc, retention, store
 from registry_janitor.config import Config
 from registry_janitor.gc import Collector, Mark
-from registry_janitor.hold import Hold
+from registry_janitor.hold import HELD_BLOBS, Hold
 from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
-from registry_janitor.storage import FilesystemStorage, Storage
+from registry_janitor.storage import BLOBS, REPOSITORIES, FilesystemStorage, Storage
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,13 @@ class Janitor:
         self.out = out
         self.pool = pool
         self.stop = stop or threading.Event()
-        self.storage = storage if storage is not None else FilesystemStorage(cfg.data_dir)
+        # The held blobs' directory is an anchor too: garbage collection renames every
+        # candidate into it and deletes it from there.
+        self.storage = (
+            storage
+            if storage is not None
+            else FilesystemStorage(cfg.data_dir, anchors=(REPOSITORIES, BLOBS, HELD_BLOBS))
+        )
         self.reader = manifests.ManifestReader(self.storage, pool)
         self.hold = Hold(self.storage)
         self._stats_lock = threading.Lock()

@@ -315,8 +315,8 @@ def test_second_concurrent_sweep_is_refused(scenario: Scenario) -> None:
     from registry_janitor.lock import SweepLock
 
     reg = scenario.registry
-    before = tree_hash(reg.root)
     with SweepLock(reg.root / ".registry-janitor.lock"):
+        before = tree_hash(reg.root)  # the holder has written its name into the lock file
         result = janitor.run(reg, "--keep-last-n", "0")
     assert result.returncode == 1
     assert f"another sweep holds the lock {reg.root / '.registry-janitor.lock'}" in result.stderr

@@ -1,7 +1,7 @@
 """Pull-through mirrors (registry_mirrors) beside the push registry, checked inside the host.
 
-molecule.yml configures two mirrors; prepare.yml starts their upstreams on this host at
-192.0.2.1 (an address on lo that leads nowhere else):
+molecule.yml configures two mirrors on registry-cache-auth; prepare.yml starts their
+upstreams on that host at 192.0.2.1 (an address on lo that leads nowhere else):
   hub     port 5002 -> https://192.0.2.1:5101, Docker Hub's stand-in: HTTPS with the test CA
           (the mirror's ca_certificate), token auth whose token server wants the account's
           password; the mirror itself without authentication (auth: false), the inner
@@ -10,7 +10,8 @@ molecule.yml configures two mirrors; prepare.yml starts their upstreams on this 
           TLS and the htpasswd users.
 Images are built with the docker CLI and seeded into the upstreams with skopeo; clients are
 the docker CLI, skopeo, curl and containerd's ctr. The tests share the mirrors and run in
-file order. Passwords are only here base64-encoded (see test_auth.py for why).
+file order; they restart, sweep and reconfigure the registry test_auth.py uses, so the two
+files take turns. Passwords are only here base64-encoded (see test_auth.py for why).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from registry_cache_testing import (
     age_links,
     controller_tool,
     journal_cursor,
+    one_file_at_a_time,
     sh,
     sweep_by_service,
     unit_journal,
@@ -37,7 +39,7 @@ from registry_cache_testing import (
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("registry-cache-auth")
 
 PROJECT = "/opt/registry-cache"
 COMPOSE = f"docker compose -p registry-cache -f {PROJECT}/compose.yml"
@@ -132,6 +134,12 @@ def wait_for(predicate, seconds: float, what: str) -> float:
 def blob_files(host, mirror: str) -> list[str]:
     out = sh(host, f"find {v2(mirror)}/blobs -name data -type f 2>/dev/null; true")
     return sorted(out.split())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _auth_host_to_this_file():
+    with one_file_at_a_time("registry-cache-auth"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -519,17 +527,26 @@ def test_the_upstream_password_is_only_in_the_env_file_and_the_container(host, i
         assert environments.split() == ["/registry-cache-mirror-hub-1"]
 
 
-# Last: it leaves a mirror that cannot start behind.
-def test_the_role_fails_naming_a_mirror_that_does_not_start(host, tmp_path):
-    """The registry role alone with a mirror whose upstream does not answer: the run fails
-    after registry_start_timeout, naming the mirror and quoting its log; the push registry
-    keeps serving."""
+def registry_role(tmp_path: Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
+    """The registry role alone on this host, from the controller."""
     project = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
     playbook = tmp_path / "registry-only.yml"
     playbook.write_text(
         "- name: The registry role alone\n  hosts: registry_cache\n  become: true\n"
         "  gather_facts: false\n  roles:\n    - role: registry\n"
     )
+    return subprocess.run(
+        [controller_tool("ansible-playbook"), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         "--limit", "registry-cache-auth", str(playbook), *extra_args],
+        cwd=project, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(project / "roles"), "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+
+
+def test_the_role_fails_naming_a_mirror_that_does_not_start(host, tmp_path):
+    """The registry role alone with a mirror whose upstream does not answer: the run fails
+    after registry_start_timeout, naming the mirror and quoting its log; the push registry
+    keeps serving. Then the role with the inventory's mirrors again, for test_auth.py."""
     extra = tmp_path / "extra.json"
     public = {"name": "public", "remote_url": f"http://{UPSTREAM_PUBLIC}", "port": PORTS["public"]}
     # Its own loopback, where nothing listens: refused at once (a dropped connection would
@@ -544,22 +561,25 @@ def test_the_role_fails_naming_a_mirror_that_does_not_start(host, tmp_path):
             }
         )
     )
-    result = subprocess.run(
-        [controller_tool("ansible-playbook"), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         str(playbook), "-e", f"@{extra}"],
-        cwd=project, capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(project / "roles"), "ANSIBLE_NOCOLOR": "1"},
-    )  # fmt: skip
-    out = result.stdout + result.stderr
-    assert result.returncode != 0, out
-    failed = out.partition("HANDLER [registry : Fail when a mirror is not healthy]")[2]
-    message = " ".join(failed.split())
-    assert "registry_mirrors: mirror-broken not healthy after 20 s" in message, out[-3000:]
-    assert "Errors:" in message and "mirror-broken" in message.partition("Errors:")[2], message
-    assert "127.0.0.1:1" in message and "connection refused" in message, message
-    assert "mirror-public" not in message, message
-    assert health(host, "registry") == "healthy"
-    assert http_status(host, "https://127.0.0.1:5000/v2/") == "401"
+    try:
+        result = registry_role(tmp_path, "-e", f"@{extra}")
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out
+        failed = out.partition("HANDLER [registry : Fail when a mirror is not healthy]")[2]
+        message = " ".join(failed.split())
+        assert "registry_mirrors: mirror-broken not healthy after 20 s" in message, out[-3000:]
+        errors = message.partition("Errors:")[2]
+        assert "mirror-broken" in errors, message
+        assert "127.0.0.1:1" in message and "connection refused" in message, message
+        assert "mirror-public" not in message, message
+        assert health(host, "registry") == "healthy"
+        assert http_status(host, "https://127.0.0.1:5000/v2/") == "401"
+    finally:
+        restored = registry_role(tmp_path)
+        assert restored.returncode == 0, (restored.stdout + restored.stderr)[-3000:]
+    for service in ("registry", "mirror-public", "mirror-hub"):
+        assert health(host, service) == "healthy", service
+    assert sh(host, "docker ps -aq --filter name=registry-cache-mirror-broken") == ""
 
 
 def test_cleanup(host):
