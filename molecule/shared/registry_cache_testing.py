@@ -15,18 +15,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# Moves the mtime of every file named argv[1] below the given folders back by argv[2]
-# seconds, atime and order kept. The janitor reads a `link` file's mtime as the push time of
-# the tag, revision or layer it names, and its GC a blob's `data` mtime as the blob's age.
-AGE_FILES = """
+# Moves the mtime of every `link` file below the given folders (repositories of a store)
+# back by argv[1] seconds, atime and order kept, and the `data` of every blob they name once.
+# The janitor reads a link's mtime as the push time of the tag, revision or layer it names,
+# and a blob's `data` mtime as its age for garbage collection's grace period.
+AGE_LINKS = """
 import os, sys
-name, shift = sys.argv[1], int(sys.argv[2]) * 10**9
-for top in sys.argv[3:]:
+shift = int(sys.argv[1]) * 10**9
+def age(path):
+    st = os.lstat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
+blobs = set()
+for top in sys.argv[2:]:
+    v2 = top.rpartition("/repositories/")[0]
     for folder, _, files in os.walk(top):
-        if name in files:
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
+        if "link" in files:
+            path = os.path.join(folder, "link")
+            age(path)
+            hexpart = open(path).read().strip().removeprefix("sha256:")
+            blobs.add(os.path.join(v2, "blobs", "sha256", hexpart[:2], hexpart, "data"))
+for path in blobs:
+    if os.path.exists(path):
+        age(path)
 """
 
 
@@ -40,12 +50,7 @@ def sh(host, script: str) -> str:
 def age_links(host, seconds: int, *folders: str) -> None:
     """Every push below these folders (repositories of the store) `seconds` further back."""
     paths = " ".join(shlex.quote(folder) for folder in folders)
-    sh(host, f"python3 -c {shlex.quote(AGE_FILES)} link {seconds} {paths}")
-
-
-def age_blobs(host, seconds: int, v2: str) -> None:
-    """Every blob of the store whose docker/registry/v2 folder is `v2` `seconds` older."""
-    sh(host, f"python3 -c {shlex.quote(AGE_FILES)} data {seconds} {shlex.quote(v2 + '/blobs')}")
+    sh(host, f"python3 -c {shlex.quote(AGE_LINKS)} {seconds} {paths}")
 
 
 def blob_data(v2: str, digest: str) -> str:

@@ -52,9 +52,12 @@ OCI_ACCEPT = (
 )
 UNIQUE_SIZE = 256 * 1024
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# registry-cache-sweep runs `prune`, then `gc` (registry read-only): two summary lines.
-SWEEP_SUMMARY = re.compile(r"prune done: \d+ repositories, \d+ tags kept, \d+ deleted")
-GC_SUMMARY = re.compile(r"gc done: .* reclaimed")
+# The janitor engine (this host's): one `sweep done: ...` line per sweep, reclaimed bytes in
+# it. The registry engine: `prune done: ...`, then `gc done: ...` from its read-only window.
+SWEEP_SUMMARY = re.compile(
+    r"(?:sweep|prune) done: \d+ repositor(?:y|ies), \d+ tags kept, \d+ deleted"
+)
+GC_SUMMARY = re.compile(r"(?:sweep|gc) done: .* reclaimed")
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 def reported_bytes(log: str) -> float:
     """Bytes reclaimed according to the janitor's summary line ("... / 1.5 MiB reclaimed")."""
-    match = re.search(r"gc done: .*?/ ([0-9.]+) ?(B|KiB|MiB|GiB)\b.*?reclaimed", log)
+    match = re.search(r"(?:sweep|gc) done: .*?/ ([0-9.]+) ?(B|KiB|MiB|GiB)\b.*?reclaimed", log)
     assert match, log
     return float(match[1]) * UNITS[match[2]]
 
@@ -210,13 +213,26 @@ def push_series(host, repo: str, names, push=push_oci, gap: float = 0.2, **kwarg
     return infos
 
 
-def pushed_hours_ago(host, *repos: str, hours: int = 2) -> None:
+def pushed_hours_ago(host, *repos: str, hours: int = 3) -> None:
     """Moves every push into these repositories `hours` back in time, order and gaps kept:
     the mtime of each `link` file (tags' current/link, revisions, layers) is what the janitor
-    reads as push time. The janitor leaves unreachable revisions younger than its grace
-    period (KEEP_MIN_AGE, and a fixed floor in newer janitor versions) for a later sweep, so
-    without this the blobs of a tag deleted minutes after its push are not reclaimed yet."""
+    reads as push time, and the blobs they name with them. The janitor leaves unreachable
+    revisions younger than its revision grace and blobs younger than its GC grace for a later
+    sweep, so without this the blobs of a tag deleted minutes after its push are not
+    reclaimed yet."""
     age_links(host, hours * 3600, *(f"{V2}/repositories/{r}" for r in repos))
+
+
+def first_seen_unreachable_hours_ago(host, hours: int = 3) -> None:
+    """Moves back when the janitor first saw each unreachable revision (its state file in
+    the data directory): a revision that lost its tag without the policy deleting it (an
+    overwritten `latest`) is dated from then, not from its push."""
+    script = (
+        "import json, sys; p, shift = sys.argv[1], float(sys.argv[2]); s = json.load(open(p)); "
+        "json.dump({r: {d: t - shift for d, t in v.items()} for r, v in s.items()}, open(p, 'w'))"
+    )
+    path = f"{DATA}/.registry-janitor.unreachable"
+    sh(host, f"python3 -c {shlex.quote(script)} {path} {hours * 3600}")
 
 
 def assert_pruned(
@@ -389,6 +405,11 @@ def test_3b_overwritten_index_tag_is_collected_and_new_one_pulls(host):
     new = push_oci(host, repo, "latest", kind="index", shared="latest-base")
     pushed_hours_ago(host, repo)
 
+    # The overwritten index is unreachable from now on: whoever pulls the previous `latest`
+    # by digest keeps it for the revision grace, however old its push.
+    sweep_by_service(host)
+    assert http(host, f"/v2/{repo}/manifests/{old['digest']}")[0] == 200
+    first_seen_unreachable_hours_ago(host)
     sweep_by_service(host)
 
     assert tags(host, repo) == ["latest"]
