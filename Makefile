@@ -10,7 +10,7 @@ SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 # Docker, apt and the registry, not computing).
 MOLECULE_JOBS ?= 4
 
-.PHONY: help deps venv images registry-image bench bench-smoke bench-verify throughput up down gc lint test-unit test-integration test-smb test-janitor \
+.PHONY: help deps venv images registry-image bench bench-smoke bench-verify throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor \
 	test-molecule test-playbooks test clean
 
 help: ## list the targets
@@ -88,6 +88,9 @@ bench-verify: venv ## registry-janitor verify vs sha256sum: 2 GiB of blobs on lo
 
 throughput: ## push/pull of a 1 GiB image through the local cache host (make up first) vs cp
 	python3 bench/throughput.py --size-mib 1024
+
+mirror-throughput: ## pull of a 1 GiB image through a pull-through mirror (cold, warm) vs from its upstream
+	python3 bench/mirror_throughput.py --size-mib 1024
 
 test: deps venv ## everything CI runs: lint, janitor tests, playbook preflight tests, bench smoke, every Molecule scenario (timed)
 	@set -e; for part in images registry-image lint test-janitor test-playbooks bench-smoke test-molecule; do \

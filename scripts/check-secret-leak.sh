@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fails when a Molecule scenario's Storage Box password appears in that scenario's log.
+# Fails when a Molecule scenario's Storage Box password, or a mirror's upstream password,
+# appears in that scenario's log.
 #   scripts/check-secret-leak.sh SCENARIO LOGFILE
 # The passwords are read from the shared .config/molecule/config.yml and from
-# molecule/SCENARIO/molecule.yml (storagebox_password in the inventory's group_vars and
-# host_vars); a scenario without one has nothing to leak. The passwords are never printed,
-# nor passed in a command line (grep reads them from a pipe).
+# molecule/SCENARIO/molecule.yml (storagebox_password and registry_mirrors[].password in the
+# inventory's group_vars and host_vars); a scenario without one has nothing to leak. The
+# passwords are never printed, nor passed in a command line (grep reads them from a pipe).
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -36,16 +37,20 @@ for path in sys.argv[1:]:
         for v in (inventory.get(kind) or {}).values():
             if v and "storagebox_password" in v:
                 found.add(str(v["storagebox_password"]))
+            for mirror in (v or {}).get("registry_mirrors") or []:
+                if mirror.get("password"):
+                    # molecule.yml is interpolated by molecule: "$$" stands for "$".
+                    found.add(str(mirror["password"]).replace("$$", "$"))
 print("\n".join(sorted(found)))
 PY
 )
 if [ -z "$password" ]; then
-    echo "check-secret-leak: $scenario sets no storagebox_password: nothing to check"
+    echo "check-secret-leak: $scenario sets no password: nothing to check"
     exit 0
 fi
 # -F fixed strings, -f - patterns from stdin (one per line): the password stays off argv.
 if hits=$(printf '%s\n' "$password" | grep -cFf - -- "$log"); then
-    echo "check-secret-leak: a storagebox_password of $scenario appears on $hits line(s) of $log" >&2
+    echo "check-secret-leak: a password of $scenario appears on $hits line(s) of $log" >&2
     exit 1
 fi
-echo "check-secret-leak: $scenario: $(printf '%s\n' "$password" | wc -l) storagebox_password(s), none in $log ($(wc -l < "$log") lines)"
+echo "check-secret-leak: $scenario: $(printf '%s\n' "$password" | wc -l) password(s), none in $log ($(wc -l < "$log") lines)"

@@ -6,9 +6,13 @@ scenario directory, so only that scenario's tests folder is importable by defaul
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Moves the mtime of every `link` file below the given folders (repositories of a store)
@@ -94,3 +98,19 @@ def controller_tool(name: str) -> str:
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     assert Path(found).exists(), f"{name} not found on the controller"
     return found
+
+
+@contextmanager
+def one_file_at_a_time(host_name: str) -> Iterator[None]:
+    """Test files that restart, sweep or reconfigure the same host take turns: pytest-xdist
+    runs the files of a scenario at the same time. A lock file on the controller, in the
+    scenario's folder (destroy removes it); held until the block ends."""
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME", "default")
+    folder = Path("/var/tmp/registry-cache-molecule") / scenario
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{host_name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -44,6 +44,16 @@ BASE_VARS: dict[str, Any] = {
 AUTH_PASSWORD = "preflight-Rk41mZ-auth-not-a-real-password"
 AUTH_USERS = [{"name": "ci", "password": AUTH_PASSWORD}]
 
+# A pull-through mirror that is fine on its own; the mirror cases change one thing. Its
+# password must not be printed either.
+MIRROR_PASSWORD = "preflight-Jq5vT2-mirror-not-a-real-password"
+MIRROR = {"name": "hub", "remote_url": "https://registry-1.docker.io", "port": 5001}
+
+
+def mirrors(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"registry_mirrors": [{**MIRROR, **entry} for entry in entries]}
+
+
 # case: (extra vars, the variables the failure must name)
 BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "negative-keep-count": ({"janitor_keep_last_n": -1}, ("janitor_keep_last_n",)),
@@ -94,6 +104,35 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"registry_delete_enabled": True},
         ("registry_delete_enabled", "registry_auth_users"),
     ),
+    "mirror-port-of-the-registry": (mirrors({"port": 5000}), ("registry_mirrors", "registry_port")),
+    "mirror-port-of-another-mirror": (
+        mirrors({}, {"name": "ghcr", "remote_url": "https://ghcr.io"}),
+        ("registry_mirrors", "port 5001"),
+    ),
+    "mirror-url-without-scheme": (
+        mirrors({"remote_url": "registry-1.docker.io"}),
+        ("registry_mirrors", "remote_url"),
+    ),
+    "mirror-password-without-username": (
+        mirrors({"password": MIRROR_PASSWORD}),
+        ("registry_mirrors", "username"),
+    ),
+    "mirror-duplicate-names": (mirrors({}, {"port": 5002}), ("registry_mirrors", "name")),
+    # The janitor sweeps registry_data_dir: a mirror's store must never be inside it.
+    "mirror-store-in-the-push-store": (
+        mirrors({"data_dir": "/mnt/storagebox/registry/mirrors/hub"}),
+        ("registry_mirrors", "data_dir", "registry_data_dir"),
+    ),
+    "mirror-without-port": (
+        {"registry_mirrors": [{"name": "hub", "remote_url": "https://registry-1.docker.io"}]},
+        ("registry_mirrors", "port"),
+    ),
+    # With the share mounted by Ansible, a mirror's data outside it would land on the root
+    # disk.
+    "mirror-store-outside-the-share": (
+        {"storagebox_mount_state": "mounted", **mirrors({"data_dir": "/var/lib/mirrors/hub"})},
+        ("registry_mirrors", "storagebox_mount_path"),
+    ),
 }
 CONTROL = "valid-values"
 # More valid values, each next to a bad case above: the check refuses only what it should.
@@ -107,6 +146,14 @@ GOOD: dict[str, dict[str, Any]] = {
         "registry_auth_users": AUTH_USERS,
         "registry_auth_allow_plain_http": True,
         "registry_delete_enabled": True,
+    },
+    "valid-mirrors": mirrors(
+        {"username": "ci-bot", "password": MIRROR_PASSWORD},
+        {"name": "ghcr", "remote_url": "https://ghcr.io", "port": 5002, "auth": False},
+    ),
+    "mirror-stores-inside-the-mounted-share": {
+        "storagebox_mount_state": "mounted",
+        **mirrors({"data_dir": "/mnt/storagebox/cache/hub"}),
     },
 }
 
@@ -207,6 +254,7 @@ def test_valid_values_pass_the_preflight_and_change_nothing(
     assert [s["changed"] for s in stats.values()] == [0]
     assert run.diff_after == run.diff_before
     assert AUTH_PASSWORD not in run.stdout + run.stderr
+    assert MIRROR_PASSWORD not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -221,6 +269,7 @@ def test_bad_value_stops_site_yml_before_the_host_changes(runs: dict[str, Run], 
     assert run.diff_after == run.diff_before, "the target's files changed"
     assert PASSWORD not in run.stdout + run.stderr
     assert AUTH_PASSWORD not in run.stdout + run.stderr
+    assert MIRROR_PASSWORD not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,9 @@ import re
 import statistics
 from pathlib import Path
 
+import pytest
 import testinfra.utils.ansible_runner
-from registry_cache_testing import age_links, blob_data, sh, sweep_by_service
+from registry_cache_testing import age_links, blob_data, one_file_at_a_time, sh, sweep_by_service
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -47,6 +48,14 @@ USERS = {
 UNIQUE_SIZE = 128 * 1024
 # Request timing figures, on the controller.
 TIMING = Path(__file__).resolve().parents[3] / ".cache" / "molecule-auth-request-timing.json"
+
+
+# test_mirrors.py restarts, sweeps and reconfigures the same registry: the two files take
+# turns.
+@pytest.fixture(scope="module", autouse=True)
+def _auth_host_to_this_file():
+    with one_file_at_a_time("registry-cache-auth"):
+        yield
 
 
 def password_var(user: str) -> str:
