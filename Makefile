@@ -20,7 +20,7 @@ venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
 $(VENV)/.installed: pyproject.toml files/janitor/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e ./files/janitor
+	$(BIN)/pip install -q -e '.[dev]' -e './files/janitor[s3]'
 	touch $@
 
 images: ## build the test images from Debian packages (no registry needed)

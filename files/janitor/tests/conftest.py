@@ -1,7 +1,8 @@
 """Tests run against this checkout's source, installed or not (subprocesses included).
 
-The SMB fixtures (a real Samba share through a client mount, see smbshare.py) are imported
-here so that every test folder can use them; tests that do get the `smb` marker.
+The SMB fixtures (a real Samba share through a client mount, see smbshare.py) and the S3
+server (Ceph's RADOS Gateway, see rgw.py) are imported here so that every test folder can use
+them; tests that do get the `smb` or `s3` marker.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from rgw import rgw  # noqa: F401  (the session's S3 server, see rgw.py)
 from smbshare import (  # noqa: F401  (pytest finds fixtures by name in this module)
     SMB_FIXTURES,
     smb_session,
@@ -25,5 +27,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTH
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SMB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SMB_FIXTURES & fixtures:
             item.add_marker(pytest.mark.smb)
+        if "rgw" in fixtures:
+            item.add_marker(pytest.mark.s3)
