@@ -30,5 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = set(getattr(item, "fixturenames", ()))
         if SMB_FIXTURES & fixtures:
             item.add_marker(pytest.mark.smb)
-        if "rgw" in fixtures:
+        callspec = getattr(item, "callspec", None)
+        # A bucket on the gateway: the rgw fixture itself, or the s3 case of a test
+        # parametrized over both store backends.
+        if "rgw" in fixtures or (callspec is not None and "s3" in callspec.id.split("-")):
             item.add_marker(pytest.mark.s3)

@@ -8,12 +8,14 @@ endpoint in about 15 s; one gateway serves the whole test session, each test get
 bucket (`RadosGateway.bucket`).
 
 **Setting an object's mtime.** S3 has no utime: LastModified is the server's clock at the
-write. The tests need old objects (grace periods, push order), so radosgw runs under
-libfaketime (Debian's `faketime`), reading its clock offset from a file on every call; to
-give objects a past mtime, `age()` sets the offset, copies each object onto itself in a
-helper process under the same offset (its requests must be signed with the same clock:
-radosgw refuses a skew over 15 minutes), and sets the offset back to 0. Nothing else may
-talk to the gateway while an offset is set; the tests age only between steps.
+write. The tests need old objects (grace periods, push order), so a second radosgw on the
+same cluster (same buckets) runs under libfaketime (Debian's `faketime`), reading its clock
+offset from a file on every call. To give objects a past mtime, `age()` sets the offset,
+copies each object onto itself through that gateway, from a helper process under the same
+offset (requests must be signed with the gateway's clock: radosgw refuses a skew over 15
+minutes), and sets the offset back to 0. Everything else (registry, janitor, tests) talks to
+the first gateway, whose clock is the real one, so aging can run while they work; one aging
+at a time.
 
 The fixtures (`rgw`, in conftest.py) skip, with the reason, when a package is missing, and
 fail instead under CI.
@@ -30,9 +32,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,8 @@ class RadosGateway:
         self.memory_mib = memory_mib
         self.mon_port = free_port()
         self.port = free_port()
+        self.aging_port = free_port()  # the gateway whose clock `age` sets back
+        self._aging = threading.Lock()
         self.config = workdir / "ceph.conf"
         self.offset_file = workdir / "faketime"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -120,6 +125,10 @@ class RadosGateway:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def aging_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.aging_port}"
 
     def _write_config(self) -> None:
         w = self.workdir
@@ -148,6 +157,13 @@ class RadosGateway:
             # Tails of deleted objects are freed after this long (default 2 h): tests and
             # benchmarks delete a lot, and the OSD keeps its data in memory.
             "rgw gc obj min wait = 60\nrgw gc processor period = 60\n"
+            "[client.rgw-aging]\n"
+            f"rgw frontends = beast endpoint=127.0.0.1:{self.aging_port} tcp_nodelay=1\n"
+            f"rgw data = {w}/rgw-aging\n"
+            "rgw enable usage log = false\n"
+            # Only writes objects with a past mtime: none of the background work.
+            "rgw enable gc threads = false\nrgw enable lc threads = false\n"
+            "rgw enable quota threads = false\nrgw dynamic resharding = false\n"
         )
 
     def _run(self, *cmd: str, timeout: int = 60) -> str:
@@ -173,7 +189,7 @@ class RadosGateway:
         )
 
     def start(self) -> None:
-        for d in ("run", "log", "mon", "osd", "rgw"):
+        for d in ("run", "log", "mon", "osd", "rgw", "rgw-aging"):
             (self.workdir / d).mkdir(parents=True, exist_ok=True)
         self._write_config()
         self.offset_file.write_text("+0\n")
@@ -183,37 +199,33 @@ class RadosGateway:
         self._run(CEPH, "osd", "create")
         self._run(CEPH_OSD, "-i", "0", "--mkfs")
         self._daemon("osd", [CEPH_OSD, "-i", "0"])
-        env = {
-            **os.environ,
-            "LD_PRELOAD": FAKETIME,
-            "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
-            "FAKETIME_NO_CACHE": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        }
-        self._daemon("rgw", [RADOSGW, "-n", "client.rgw"], env=env)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited {proc.returncode}: see {self.workdir}/log")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 1),
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"radosgw did not answer in {START_TIMEOUT} s: {self.workdir}/log"
-                )
-            time.sleep(0.2)
+        self._daemon("rgw", [RADOSGW, "-n", "client.rgw"])
+        self._wait(self.port)
+        # Started once the first has created its pools.
+        self._daemon("rgw-aging", [RADOSGW, "-n", "client.rgw-aging"], env=faked_clock(self))
+        self._wait(self.aging_port)
         assert RADOSGW_ADMIN
         self._run(
             RADOSGW_ADMIN, "user", "create", "--uid", "registry-cache", "--display-name",
             "registry-cache tests", "--access-key", ACCESS_KEY, "--secret", SECRET_KEY,
         )  # fmt: skip
 
+    def _wait(self, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited {proc.returncode}: see {self.workdir}/log")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"radosgw did not answer in {START_TIMEOUT} s: {self.workdir}/log"
+                )
+            time.sleep(0.2)
+
     def stop(self) -> None:
-        for name in ("rgw", "osd", "mon"):
+        for name in ("rgw-aging", "rgw", "osd", "mon"):
             proc = self.procs.pop(name, None)
             if proc is None:
                 continue
@@ -246,40 +258,43 @@ class RadosGateway:
         self, src_bucket: str, dst_bucket: str, moves: Mapping[str, tuple[str, float]]
     ) -> None:
         """Copy objects (source key -> (target key, LastModified)), server-side."""
-        if not moves:
+        self._write_dated(
+            dst_bucket,
+            [("copy", f"{src_bucket}/{src}", dst, when) for src, (dst, when) in moves.items()],
+        )
+
+    def upload(self, bucket: str, files: Mapping[str, tuple[Path, float]]) -> None:
+        """Write local files as objects (key -> (file, LastModified))."""
+        self._write_dated(
+            bucket, [("put", str(path), key, when) for key, (path, when) in files.items()]
+        )
+
+    def _write_dated(self, bucket: str, ops: list[tuple[str, str, str, float]]) -> None:
+        if not ops:
             return
-        groups: dict[int, list[tuple[str, str]]] = {}
-        for src, (dst, when) in moves.items():
-            groups.setdefault(int(when), []).append((src, dst))
-        job = {
-            "real_time": time.time(),
-            "endpoint": self.endpoint,
+        groups: dict[int, list[tuple[str, str, str]]] = {}
+        for kind, src, dst, when in ops:
+            groups.setdefault(int(when), []).append((kind, src, dst))
+        job: dict[str, Any] = {
+            "endpoint": self.aging_endpoint,
             "offset_file": str(self.offset_file),
-            "src": src_bucket,
-            "dst": dst_bucket,
+            "bucket": bucket,
             "groups": sorted(groups.items()),
         }
-        env = {
-            **os.environ,
-            "LD_PRELOAD": FAKETIME or "",
-            "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
-            "FAKETIME_NO_CACHE": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        }
-        try:
-            result = subprocess.run(
-                [sys.executable, __file__, "copy"],
-                check=False,
-                input=json.dumps(job),
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=600,
-            )
-        finally:
-            self.offset_file.write_text("+0\n")
+        with self._aging:  # one clock offset at a time
+            try:
+                result = subprocess.run(
+                    [sys.executable, __file__, "write"],
+                    check=False,
+                    input=json.dumps(job),
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+            finally:
+                self.offset_file.write_text("+0\n")
         if result.returncode != 0:
-            raise RuntimeError(f"copy with a past mtime failed: {result.stderr[-3000:]}")
+            raise RuntimeError(f"writing with a past mtime failed: {result.stderr[-3000:]}")
 
     def objects(self, bucket: str, prefix: str = "") -> dict[str, dict[str, Any]]:
         """key -> the listing's entry (Size, LastModified, ETag)."""
@@ -290,6 +305,18 @@ class RadosGateway:
             for obj in page.get("Contents") or []:
                 out[obj["Key"]] = obj
         return out
+
+
+def faked_clock(gw: RadosGateway) -> dict[str, str]:
+    """The environment of a process whose clock is offset by what gw.offset_file says."""
+    return {
+        **os.environ,
+        "LD_PRELOAD": FAKETIME or "",
+        "FAKETIME_TIMESTAMP_FILE": str(gw.offset_file),
+        "FAKETIME_NO_CACHE": "1",
+        # Timers and timeouts stay real: only the wall clock moves.
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
 
 
 def s3_client(endpoint: str) -> Any:
@@ -329,35 +356,54 @@ def running(workdir: Path, memory_mib: int = 2048) -> Iterator[RadosGateway]:
         gw.stop()
 
 
-def _copy_main() -> None:
-    """The helper process (under libfaketime): copies objects, group by group, each group
-    with the clock set to its time. Reads the job as JSON on stdin."""
+def _write_main() -> None:
+    """The helper process: copies or uploads objects through the aging gateway, group by
+    group, each group with the gateway's clock set to its time and its requests signed with
+    that time. Reads the job as JSON on stdin."""
+    import datetime
     from concurrent.futures import ThreadPoolExecutor
 
+    import botocore.auth
+
     job = json.load(sys.stdin)
-    started = time.monotonic()  # not faked: the real clock is the parent's plus this
+    shift = 0.0  # seconds the gateway's clock is off from the real one
 
-    def real_now() -> float:
-        return float(job["real_time"]) + time.monotonic() - started
+    def signing_time(remove_tzinfo: bool = True) -> datetime.datetime:
+        now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=shift)
+        return now.replace(tzinfo=None) if remove_tzinfo else now
 
+    # Requests must carry the gateway's time (it refuses a skew over 15 minutes); this
+    # process only talks to the aging gateway.
+    botocore.auth.get_current_datetime = signing_time
     offset = Path(job["offset_file"])
     s3 = s3_client(job["endpoint"])
+    bucket = job["bucket"]
 
-    def one(pair: Iterable[str]) -> None:
-        src, dst = pair
-        extra = {"MetadataDirective": "REPLACE"} if (job["src"], src) == (job["dst"], dst) else {}
+    def one(op: list[str]) -> None:
+        kind, src, dst = op
+        if kind == "put":
+            s3.put_object(Bucket=bucket, Key=dst, Body=Path(src).read_bytes())
+            return
+        src_bucket, _, src_key = src.partition("/")
+        same = (src_bucket, src_key) == (bucket, dst)
         s3.copy_object(
-            Bucket=job["dst"], Key=dst, CopySource={"Bucket": job["src"], "Key": src}, **extra
+            Bucket=bucket,
+            Key=dst,
+            CopySource={"Bucket": src_bucket, "Key": src_key},
+            **({"MetadataDirective": "REPLACE"} if same else {}),
         )
 
     with ThreadPoolExecutor(8) as pool:
-        for when, pairs in job["groups"]:
-            # Whole seconds behind (or ahead of) the real clock; libfaketime reads the file
-            # on every clock call, in this process and in radosgw.
-            offset.write_text(f"{int(when) - int(real_now()):+d}\n")
-            list(pool.map(one, pairs))
+        for when, ops in job["groups"]:
+            for i in range(0, len(ops), 32):
+                # The gateway's clock half a second into the wanted second, set again for
+                # every few requests, so that they all land in it. libfaketime reads the
+                # file on every clock call of the gateway.
+                shift = int(when) + 0.5 - time.time()
+                offset.write_text(f"{shift:+.3f}\n")
+                list(pool.map(one, ops[i : i + 32]))
     offset.write_text("+0\n")
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["copy"]:
-    _copy_main()
+if __name__ == "__main__" and sys.argv[1:] == ["write"]:
+    _write_main()

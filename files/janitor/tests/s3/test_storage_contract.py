@@ -133,3 +133,25 @@ def test_delete_many_in_batches_and_gone_counts_as_deleted(storage: Storage) -> 
     failed = storage.delete_many([*files, "many/never-there"])
     assert failed == {}
     assert storage.walk("many") == []
+
+
+def test_the_gateway_can_date_objects_in_the_past(rgw: RadosGateway) -> None:
+    """The tests' stand-in for utime on a bucket (rgw.py): LastModified as asked, to the
+    second, seen the same way by the janitor's storage."""
+    bucket = rgw.bucket("dating")
+    s3 = S3Storage(
+        S3Settings(
+            bucket=bucket.name,
+            endpoint=rgw.endpoint,
+            root_directory=bucket.root,
+            access_key="registry-cache-test",
+            secret_key=gw_secret(),
+        )
+    )
+    s3.write("a", b"1")
+    s3.write("b", b"2")
+    when = time.time() - 30 * 86400
+    rgw.age(bucket.name, {f"{bucket.prefix}a": when, f"{bucket.prefix}b": when + 3600})
+    assert s3.stat("a").mtime == int(when)
+    assert {n: st.mtime for n, st in s3.walk("")} == {"a": int(when), "b": int(when) + 3600}
+    assert s3.read("b", 10) == (b"2", s3.stat("b"))
