@@ -123,17 +123,27 @@ class Collector:
             return result
         prefixes = [p for p in store.list_names(self.storage, BLOBS) if len(p) == 2]
         if self.storage.listing_is_cheap:
-            # An object store lists every blob with its size and mtime: no stat per blob.
-            listed_stats = dict(self._list_blobs(prefixes))
-            unmarked = sorted(d for d in listed_stats if d not in reach.marked)
-            stats: Iterable[Stat | str | None] = (listed_stats[d] for d in unmarked)
+            # An object store lists every blob with its size and mtime: no stat per blob,
+            # except for those the listing shows young: a blob the janitor put back carries
+            # its older mtime in metadata that only a stat returns (s3.py).
+            listed: dict[str, Stat | str | None] = dict(self._list_blobs(prefixes))
+            unmarked = sorted(d for d in listed if d not in reach.marked)
+            young = [
+                d
+                for d in unmarked
+                if isinstance(st := listed[d], Stat) and now - st.mtime < self.grace
+            ]
+            listed.update(
+                zip(young, store.pmap_batched(self.pool, self._stat_data, young), strict=True)
+            )
+            stats: Iterable[Stat | str | None] = (listed[d] for d in unmarked)
         else:
-            listed = store.pmap(
+            names_by_prefix = store.pmap(
                 self.pool, lambda p: store.list_names(self.storage, f"{BLOBS}/{p}"), prefixes
             )
             unmarked = [
                 f"sha256:{h}"
-                for names in listed
+                for names in names_by_prefix
                 for h in names
                 if store.HEX.fullmatch(h) and f"sha256:{h}" not in reach.marked
             ]

@@ -43,16 +43,23 @@ crash:
 An upload of the same blob between the copy and the delete is deleted with the original: its
 content is the same (content addressed), and it is now in the hold like any held blob, so a
 manifest that names it is either refused (the registry checks the blob after the delete) or
-linked during the settle period and then puts the blob back. A blob put back is written anew,
-so it is young again: the grace period spares it for GC_GRACE.
+linked during the settle period and then puts the blob back.
+
+A copy gets a new LastModified; a blob put back would look freshly uploaded and be spared
+for GC_GRACE. So every copy the janitor makes carries the source's mtime in its metadata
+(`x-amz-meta-registry-janitor-mtime`), and `stat` answers that (as a rename keeps the mtime on
+a filesystem). A listing cannot show metadata: it shows the newer LastModified, so a caller
+that finds an object young in a listing stats it before relying on that (gc.py does). An
+upload of the same blob replaces the object and its metadata: then it is young, rightly.
 
 A held repository's `_layers` is held the same way (each link copied, then deleted); links
 are tiny.
 
-**Times.** mtimes are the objects' LastModified, in whole seconds everywhere: `HEAD` and `GET`
-answer in seconds, listings in milliseconds, and the janitor compares an mtime it listed with
-one it read (a push since the scan changes it). A "directory" has the mtime of the newest
-object below it (a tag without `current/link`, a repository's `_layers`).
+**Times.** mtimes are the objects' LastModified (or the mtime a copy carries, above), in whole
+seconds everywhere: `HEAD` and `GET` answer in seconds, listings in milliseconds, and the
+janitor compares an mtime it listed with one it read (a push since the scan changes it). A
+"directory" has the mtime of the newest object below it (a tag without `current/link`, a
+repository's `_layers`).
 
 **Requests.** Independent requests run on the janitor's thread pool (JANITOR_CONCURRENCY),
 on one connection pool of that size. Deletes of many keys are batched (`DeleteObjects`, up to
@@ -81,6 +88,8 @@ COPY_PART = 1024**3  # multipart copy above COPY_MAX, in parts this large
 # Errors that mean "this key does not exist". NoSuchBucket is not one: a missing bucket must
 # fail the sweep, never look like an empty store.
 _GONE = {"NoSuchKey", "404", "NotFound"}
+# Object metadata of the janitor's copies: the source's mtime (see "Hold without rename").
+MTIME_META = "registry-janitor-mtime"
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,15 @@ def _mtime(value: object) -> float:
     if isinstance(value, datetime):
         return float(math.floor(value.timestamp()))
     return 0.0
+
+
+def _stat(response: dict[str, Any], size: int | None = None) -> Stat:
+    """The stat of a HEAD or GET response: the mtime a janitor's copy carries, if any."""
+    mtime = _mtime(response.get("LastModified"))
+    carried = str((response.get("Metadata") or {}).get(MTIME_META, ""))
+    if carried.isdigit():
+        mtime = float(carried)
+    return Stat(int(response.get("ContentLength", 0)) if size is None else size, mtime)
 
 
 def client(settings: S3Settings, max_connections: int) -> Any:
@@ -243,8 +261,7 @@ class S3Storage:
 
     def stat(self, path: str) -> Stat:
         try:
-            head = self._call(f"stat {path}", "head_object", Key=self._key(path))
-            return Stat(int(head.get("ContentLength", 0)), _mtime(head.get("LastModified")))
+            return _stat(self._call(f"stat {path}", "head_object", Key=self._key(path)))
         except FileNotFoundError:
             below = self.walk(path)
             if not below:
@@ -260,7 +277,7 @@ class S3Storage:
             if "InvalidRange" not in str(exc):
                 raise
             head = self._call(f"stat {path}", "head_object", Key=key)  # an empty object
-            return b"", Stat(int(head.get("ContentLength", 0)), _mtime(head.get("LastModified")))
+            return b"", _stat(head)
         try:
             data: bytes = resp["Body"].read()
         except (self._client_error, self._boto_error, OSError) as exc:
@@ -271,17 +288,27 @@ class S3Storage:
         content_range = str(resp.get("ContentRange") or "")
         if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
             size = int(content_range.rsplit("/", 1)[1])
-        return data[:limit], Stat(size, _mtime(resp.get("LastModified")))
+        return data[:limit], _stat(resp, size)
 
     # -- changes -------------------------------------------------------------------------
     def write(self, path: str, data: bytes) -> None:
         # One PutObject replaces the object atomically: a reader sees the old or the new one.
         self._call(f"write {path}", "put_object", Key=self._key(path), Body=data)
 
-    def _copy(self, src: str, dst: str, size: int | None) -> None:
+    def _copy(self, src: str, dst: str) -> None:
+        """Server-side copy carrying the source's mtime (see "Hold without rename")."""
+        head = self._call(f"copy {src}", "head_object", Key=self._key(src))
+        st = _stat(head)
         source = {"Bucket": self.bucket, "Key": self._key(src)}
-        if size is None or size <= COPY_MAX:
-            self._call(f"copy {src}", "copy_object", CopySource=source, Key=self._key(dst))
+        params = {
+            "MetadataDirective": "REPLACE",
+            "Metadata": {**(head.get("Metadata") or {}), MTIME_META: str(int(st.mtime))},
+            "ContentType": head.get("ContentType") or "application/octet-stream",
+        }
+        if st.size <= COPY_MAX:
+            self._call(
+                f"copy {src}", "copy_object", CopySource=source, Key=self._key(dst), **params
+            )
             return
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
@@ -290,6 +317,7 @@ class S3Storage:
                 source,
                 self.bucket,
                 self._key(dst),
+                ExtraArgs={k: v for k, v in params.items() if k != "MetadataDirective"},
                 Config=TransferConfig(
                     multipart_threshold=COPY_MAX, multipart_chunksize=COPY_PART, use_threads=False
                 ),
@@ -299,26 +327,20 @@ class S3Storage:
 
     def move(self, src: str, dst: str) -> None:
         """Copy, then delete the source: never atomic (see "No rename" above). A file is
-        tried first (one request); a "directory" is every object below it, all copied before
-        any is deleted. FileNotFoundError when nothing is at `src`. An existing `dst` is
+        tried first; a "directory" is every object below it, all copied before any is
+        deleted. FileNotFoundError when nothing is at `src`. An existing `dst` is
         overwritten (the callers move only content-addressed or uniquely named entries)."""
         try:
-            self._copy(src, dst, None)
+            self._copy(src, dst)
+            sources = [src]
         except FileNotFoundError:
             below = self.walk(src)
             if not below:
                 raise
-            for name, st in below:
-                self._copy(f"{src}/{name}", f"{dst}/{name}", st.size)
-            failed = self.delete_many([f"{src}/{name}" for name, _ in below])
-            if failed:
-                raise next(iter(failed.values())) from None
-            return
-        except OSError as exc:
-            if "EntityTooLarge" not in str(exc) and "InvalidRequest" not in str(exc):
-                raise
-            self._copy(src, dst, self.stat(src).size)  # above 5 GiB: multipart copy
-        failed = self.delete_many([src])
+            for name, _ in below:
+                self._copy(f"{src}/{name}", f"{dst}/{name}")
+            sources = [f"{src}/{name}" for name, _ in below]
+        failed = self.delete_many(sources)
         if failed:
             raise next(iter(failed.values()))
 

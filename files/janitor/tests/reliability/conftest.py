@@ -22,6 +22,8 @@ if INTEGRATION not in sys.path:
 
 import crashstore
 import janitor
+from registry import BACKENDS
+from stores import store_factory
 
 # The integration suite's rule, reused: which tool is missing, and the autouse fixture that
 # fails (rather than skips) under CI.
@@ -39,6 +41,36 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "reliability: fault, concurrency and bad-input trials (issue 6), slow-ish"
     )
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these store backends (default: all)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs the template store (or asks for `backend`) runs once per store
+    backend. A module with `trials(backend)` runs those trial numbers per backend instead
+    (fewer in a bucket, where each copy of the store costs more)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    backends = marker.args if marker else BACKENDS
+    trials = getattr(metafunc.module, "trials", None)
+    if "trial" in metafunc.fixturenames and trials is not None:
+        cases = [(b, t) for b in backends for t in trials(b)]
+        metafunc.parametrize(
+            ("backend", "trial"),
+            cases,
+            indirect=["backend"],
+            scope="session",
+            ids=[f"{b}-{t}" for b, t in cases],
+        )
+    else:
+        metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,16 +83,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> crashstore.Template:
-    """The store built once by real pushes (see crashstore); tests copy it, never change it."""
-    return crashstore.build(tmp_path_factory.mktemp("reliability-store"))
+def template(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> crashstore.Template:
+    """The store built once per backend by real pushes (see crashstore); tests copy it,
+    never change it."""
+    return crashstore.build(
+        tmp_path_factory.mktemp(f"reliability-store-{backend}"), store_factory(backend, request)
+    )
 
 
 @pytest.fixture(scope="session")
 def reference(
     template: crashstore.Template, tmp_path_factory: pytest.TempPathFactory
 ) -> crashstore.Reference:
-    reg = template.copy_to(tmp_path_factory.mktemp("reliability-reference"))
+    reg = template.copy_to(tmp_path_factory.mktemp(f"reliability-reference-{template.backend}"))
     t0 = time.monotonic()
     result = janitor.run(reg, *template.sweep_args, "--json")
     elapsed = time.monotonic() - t0
@@ -70,10 +107,10 @@ def reference(
     for e in events:
         counts[e["event"]] = counts.get(e["event"], 0) + 1
     gc = next(e for e in events if e["event"] == "gc_done")
-    ref = crashstore.Reference(crashstore.snapshot(reg.root), counts, elapsed, gc["duration"])
-    assert crashstore.visible_tags(reg.root) == template.kept_tags()
+    ref = crashstore.Reference(crashstore.snapshot(reg.store), counts, elapsed, gc["duration"])
+    assert crashstore.visible_tags(reg.store) == template.kept_tags()
     for r, digest in template.kept.items():
         repo, tag = r.rsplit(":", 1)
-        assert crashstore.tag_problems(reg.root, repo, tag, digest) == []
-    assert crashstore.trash_entries(reg.root) == []
+        assert crashstore.tag_problems(reg.store, repo, tag, digest) == []
+    assert crashstore.trash_entries(reg.store) == []
     return ref
