@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from store import V2, StoreSpec, repo_name, tag_mtime
+from store import V2, StoreSpec, iter_repositories, repo_name, tag_mtime
 
 
 @dataclass
@@ -81,3 +81,32 @@ def check_store(root: Path, spec: StoreSpec, keep: int) -> CheckResult:
     for prefix in os.listdir(blobs):
         res.blobs += len(os.listdir(blobs / prefix))
     return res
+
+
+def blob_set(root: Path) -> set[str]:
+    """Hex digests of every blob directory in the store."""
+    blobs = root / V2 / "blobs" / "sha256"
+    return {name for prefix in os.listdir(blobs) for name in os.listdir(blobs / prefix)}
+
+
+def needed_blobs(root: Path) -> set[str]:
+    """Hex digests of the blobs that the manifests linked as revisions reach (manifests,
+    index children, configs, layers): exactly what a complete garbage collection keeps."""
+    needed: set[str] = set()
+    todo: list[str] = []
+    for _name, repo in iter_repositories(root):
+        try:
+            todo += os.listdir(repo / "_manifests" / "revisions" / "sha256")
+        except FileNotFoundError:
+            pass
+    while todo:
+        hexd = todo.pop()
+        if hexd in needed:
+            continue
+        needed.add(hexd)
+        doc = json.loads(_blob(root, hexd).read_bytes())
+        todo += [m["digest"].removeprefix("sha256:") for m in doc.get("manifests", [])]
+        for d in [doc.get("config"), *doc.get("layers", [])]:
+            if d:
+                needed.add(d["digest"].removeprefix("sha256:"))
+    return needed

@@ -88,14 +88,18 @@ def janitor_bin() -> str:
     return found
 
 
-def write_registry_config(path: Path, store: Path) -> Path:
+def write_registry_config(
+    path: Path, store: Path, addr: str = "127.0.0.1:0", readonly: bool = False
+) -> Path:
+    ro = "  maintenance:\n    readonly:\n      enabled: true\n" if readonly else ""
     path.write_text(
         "version: 0.1\n"
         "log:\n  level: error\n"
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {store}\n"
         "  delete:\n    enabled: true\n"
-        "http:\n  addr: 127.0.0.1:0\n"
+        f"{ro}"
+        f"http:\n  addr: {addr}\n"
     )
     return path
 
@@ -128,8 +132,18 @@ def plan_cmd(store: Path, lock: Path, keep: int, concurrency: int | None = None)
     return cmd
 
 
-def sweep_cmd(store: Path, lock: Path, keep: int, config: Path, registry_bin: Path) -> list[str]:
-    return [
+def sweep_cmd(
+    store: Path,
+    lock: Path,
+    keep: int,
+    config: Path,
+    registry_bin: Path,
+    metrics: Path | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The janitor's sweep with its own GC (GC_ENGINE=janitor, the default). GC_SETTLE=0:
+    the settle period is a fixed wait, not work; it is reported on its own."""
+    cmd = [
         janitor_bin(),
         "sweep",
         "--run-once",
@@ -144,7 +158,57 @@ def sweep_cmd(store: Path, lock: Path, keep: int, config: Path, registry_bin: Pa
         str(config),
         "--registry-bin",
         str(registry_bin),
+        "--gc-settle",
+        "0",
+        *extra,
     ]
+    return cmd + (["--metrics-file", str(metrics)] if metrics else [])
+
+
+def prune_cmd(store: Path, lock: Path, keep: int) -> list[str]:
+    """A real prune, no GC, every unreachable revision unlinked now (REVISION_GRACE=0): what
+    both GC contenders then start from."""
+    return [
+        janitor_bin(),
+        "prune",
+        "--run-once",
+        "--no-dry-run",
+        "--data-dir",
+        str(store),
+        "--keep-last-n",
+        str(keep),
+        "--revision-grace",
+        "0",
+        "--lock-file",
+        str(lock),
+    ]
+
+
+def janitor_gc_cmd(
+    store: Path, lock: Path, config: Path, metrics: Path, concurrency: int | None = None
+) -> list[str]:
+    """``registry-janitor gc``: the janitor's collection alone, GC_SETTLE=0."""
+    cmd = [janitor_bin(), "gc", "--run-once", "--data-dir", str(store), "--gc-settle", "0"]
+    cmd += ["--lock-file", str(lock), "--registry-config", str(config)]
+    cmd += ["--metrics-file", str(metrics)]
+    return cmd + (["--concurrency", str(concurrency)] if concurrency else [])
+
+
+def stock_gc_cmd(config: Path, registry_bin: str = REGISTRY_BIN) -> list[str]:
+    """The registry's own garbage-collect, without --delete-untagged."""
+    return [registry_bin, "garbage-collect", str(config)]
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """The janitor's Prometheus textfile: name (with labels) -> value."""
+    out: dict[str, float] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name.removeprefix("registry_janitor_")] = float(value)
+    return out
 
 
 def plain_recipe_cmd(store: Path, keep: int, config: Path, registry_bin: Path) -> list[str]:

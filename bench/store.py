@@ -357,10 +357,17 @@ def cached_store(cache_dir: Path, spec: StoreSpec, log: bool = True) -> Path:
     return final
 
 
-def copy_store(src: Path, dest: Path, workers: int = 0) -> Path:
+def copy_store(
+    src: Path, dest: Path, workers: int = 0, sync: bool = True, hardlinks: bool = False
+) -> Path:
     """An independent copy (``cp -a``: no hardlinks shared with the cache, same mtimes),
     synced to disk so writeback does not run during the timed part. The blob prefix
-    directories and top-level repositories are copied by ``workers`` ``cp`` processes."""
+    directories and top-level repositories are copied by ``workers`` ``cp`` processes.
+
+    For the smoke size, where nothing timed means anything: ``sync=False`` and
+    ``hardlinks=True`` (``cp -al``: new directories, files linked to the cache's). That is
+    safe for every contender here: they rename, unlink and create files, and never write to
+    or change the times of a file that exists."""
     if dest.exists():
         remove_tree(dest)
     workers = workers or (os.cpu_count() or 1)
@@ -377,7 +384,7 @@ def copy_store(src: Path, dest: Path, workers: int = 0) -> Path:
         for s, d in batch:
             by_target.setdefault(d, []).append(str(s))
         script = " && ".join(
-            "cp -a " + " ".join(_q(x) for x in srcs) + " " + _q(str(d))
+            f"cp -a{'l' if hardlinks else ''} " + " ".join(_q(x) for x in srcs) + " " + _q(str(d))
             for d, srcs in by_target.items()
         )
         procs.append(subprocess.Popen(["sh", "-c", script]))
@@ -398,7 +405,8 @@ def copy_store(src: Path, dest: Path, workers: int = 0) -> Path:
     ):
         st = os.stat(src / rel)
         os.utime(dest / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
-    subprocess.run(["sync", "-f", str(dest)], check=True)
+    if sync:
+        subprocess.run(["sync", "-f", str(dest)], check=True)
     return dest
 
 
@@ -413,7 +421,7 @@ def remove_tree(path: Path) -> None:
 
 
 def iter_repositories(root: Path) -> Iterator[tuple[str, Path]]:
-    """(name, path) of every repository in a store (used by the seed recipe and checks)."""
+    """(name, path) of every repository in a store (used by the plain recipe and checks)."""
     top = root / V2 / "repositories"
     stack = [top]
     while stack:

@@ -1,4 +1,4 @@
-"""Helpers the Molecule scenarios' testinfra tests share (janitor, auth, storage).
+"""Helpers the Molecule scenarios' testinfra tests share.
 
 Each scenario's tests/conftest.py puts this folder on sys.path: Molecule runs pytest from the
 scenario directory, so only that scenario's tests folder is importable by default.
@@ -56,8 +56,9 @@ def unit_journal(
     host, unit: str, *, after_cursor: str | None = None, since: str | None = None
 ) -> str:
     """A unit's journal messages (-o cat), after a journal_cursor() or since a Unix time.
-    journalctl exits 0 when nothing matches, so a failure here is the journal's own."""
-    command = f"journalctl -u {unit} -o cat --no-pager"
+    journalctl exits 0 when nothing matches, so a failure here is the journal's own. On a
+    busy machine journald may not have written what systemd just logged: --sync first."""
+    command = f"journalctl --sync && journalctl -u {unit} -o cat --no-pager"
     if after_cursor is not None:
         command += f" --after-cursor={shlex.quote(after_cursor)}"
     if since is not None:

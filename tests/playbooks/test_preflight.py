@@ -48,6 +48,8 @@ AUTH_USERS = [{"name": "ci", "password": AUTH_PASSWORD}]
 BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "negative-keep-count": ({"janitor_keep_last_n": -1}, ("janitor_keep_last_n",)),
     "bad-calendar": ({"janitor_on_calendar": "not a calendar"}, ("janitor_on_calendar",)),
+    # `10M`: minutes or megabytes? The janitor refuses it, so the role does before it lands.
+    "ambiguous-verify-budget": ({"janitor_verify_budget": "10M"}, ("janitor_verify_budget",)),
     "malformed-cidr": (
         {"registry_cache_allowed_cidrs": ["10.0.0.0/33"]},
         ("registry_cache_allowed_cidrs",),
@@ -96,6 +98,7 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 CONTROL = "valid-values"
 # More valid values, each next to a bad case above: the check refuses only what it should.
 GOOD: dict[str, dict[str, Any]] = {
+    "verify-budget-size-and-time": {"janitor_verify_budget": "500MB, 1h"},
     "data-inside-the-mounted-share": {
         "storagebox_mount_state": "mounted",
         "registry_data_dir": "/mnt/storagebox/cache/registry/",

@@ -8,7 +8,7 @@ import testinfra.utils.ansible_runner
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("registry-cache-default")
 
 PASSWORD = "molecule-Zq8vW3xK-not-a-real-password"
 # Commands run through Ansible are logged to the journal with their arguments: the checks

@@ -23,7 +23,7 @@ import testinfra.utils.ansible_runner
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("registry-cache-exposure")
 
 CACHE_ADDRESS = "172.30.99.5"
 REGISTRY_PORT = 5000
@@ -215,7 +215,7 @@ def run_playbook(playbook: str, extra_vars: dict[str, object]) -> subprocess.Com
         "-i",
         os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
         "--limit",
-        "registry_cache",
+        "registry-cache-exposure",
         "-e",
         json.dumps(extra_vars),
         playbook,

@@ -3,8 +3,9 @@
 Real clients inside the converged host (the docker CLI and skopeo) push
 and pull through the published port 5000; sweeps run through registry-janitor.service,
 playbooks/sweep.yml and an ad-hoc `ansible` command; the store is read on the host's data
-directory (the Storage Box path). The tests share one registry and run in file order; each
-one pushes to its own repositories, so a later sweep never changes an earlier test's verdict.
+directory (the Storage Box path). The tests share one registry; each one pushes to its own
+repositories and sets up what it needs (fixtures), so a later sweep never changes an earlier
+test's verdict and any test can run alone (-k NAME, see the README's test section).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from registry_cache_testing import (
     controller_tool,
     journal_cursor,
     sh,
+    sweep_by_service,
     unit_journal,
 )
-from registry_cache_testing import sweep_by_service as start_sweep
 
+# The push load of test_pushes_during_sweeps.py sweeps another host: nothing here touches it.
+HOST = "registry-cache-janitor"
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts(HOST)
 
 REG = "127.0.0.1:5000"
 DATA = "/var/lib/registry-cache/data"
@@ -52,11 +55,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # registry-cache-sweep runs `prune`, then `gc` (registry read-only): two summary lines.
 SWEEP_SUMMARY = re.compile(r"prune done: \d+ repositories, \d+ tags kept, \d+ deleted")
 GC_SUMMARY = re.compile(r"gc done: .* reclaimed")
-
-START: dict[str, str] = {}
-# What the tests saw the janitor do, for the metrics check at the end.
-SEEN: dict[str, int] = {"sweeps": 0, "service_sweeps": 0, "tags_deleted": 0, "bytes_reclaimed": 0}
-
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -178,21 +176,19 @@ def reported_bytes(log: str) -> float:
     return float(match[1]) * UNITS[match[2]]
 
 
-def sweep_by_service(host) -> str:
-    """`systemctl start registry-janitor.service`, counted for the metrics check; returns
-    this run's journal lines."""
-    log = start_sweep(host)
-    SEEN["sweeps"] += 1
-    SEEN["service_sweeps"] += 1
-    return log
-
-
 def ansible(tool: str, *args: str) -> subprocess.CompletedProcess:
-    """ansible / ansible-playbook on the controller against the Molecule inventory, from the
-    project root, as an operator would run them."""
+    """ansible / ansible-playbook on the controller against this test's host in the Molecule
+    inventory, from the project root, as an operator would run them."""
     project = os.environ.get("MOLECULE_PROJECT_DIRECTORY", str(Path(__file__).parents[3]))
     result = subprocess.run(
-        [controller_tool(tool), "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args],
+        [
+            controller_tool(tool),
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "--limit",
+            HOST,
+            *args,
+        ],
         cwd=project,
         capture_output=True,
         text=True,
@@ -242,7 +238,6 @@ def assert_pruned(
         only_this = set(infos[name]["unique"]) - kept_blobs
         assert only_this, "test setup: the image has no blob of its own"
         assert blobs_present(host, only_this) == set(), f"{repo}:{name} blobs left"
-    SEEN["tags_deleted"] += len(gone)
 
 
 # --- the deployed stack -------------------------------------------------------------------
@@ -253,7 +248,6 @@ def test_stack_is_up_and_store_is_empty(host):
     # root; without it the janitor takes the store for an unmounted Storage Box).
     sweep = host.run("systemctl start registry-janitor.service")
     assert sweep.rc == 0, sweep.stdout + sweep.stderr
-    START["cursor"] = journal_cursor(host)
     assert host.service("registry-cache.service").is_running
     status, _ = http(host, "/v2/")
     assert status == 200
@@ -307,7 +301,6 @@ def test_1_sweep_by_service_keeps_newest_two_and_reclaims_blobs(host):
     # The janitor's own account of it, from the summary line.
     reported = reported_bytes(log)
     assert unique_gone * 0.95 <= reported <= reclaimed * 1.05, (reported, unique_gone, reclaimed)
-    SEEN["bytes_reclaimed"] += unique_gone
 
 
 def test_1b_fresh_untagged_revisions_wait_for_the_grace_period(host):
@@ -338,7 +331,6 @@ def test_2a_sweep_by_playbook(host):
     infos = push_series(host, repo, ["p1", "p2", "p3"])
     pushed_hours_ago(host, repo)
     result = ansible("ansible-playbook", "playbooks/sweep.yml")
-    SEEN["sweeps"] += 1
     assert SWEEP_SUMMARY.search(result.stdout), result.stdout
     assert re.search(r"ok=\d+\s+changed=1\s+unreachable=0\s+failed=0", result.stdout)
     assert_pruned(host, repo, infos, ["p2", "p3"], ["p1"])
@@ -358,8 +350,6 @@ def test_2b_sweep_by_adhoc_command(host):
         "-a",
         "systemctl start registry-janitor.service",
     )
-    SEEN["sweeps"] += 1
-    SEEN["service_sweeps"] += 1
     assert "CHANGED" in result.stdout, result.stdout
     log = unit_journal(host, "registry-janitor.service", after_cursor=cursor)
     assert SWEEP_SUMMARY.search(log), log
@@ -441,7 +431,15 @@ def store_listing(host) -> list[str]:
     return sh(host, f"find {DATA} -printf '%p %y %s %m %u %T@\\n' | LC_ALL=C sort").splitlines()
 
 
-def test_5_dry_run_lists_and_changes_nothing(host):
+@pytest.fixture
+def metrics_written(host) -> None:
+    """The janitor writes its metrics file at the end of a sweep: one first, if none has run
+    on this host yet."""
+    if not host.file(METRICS).exists:
+        sweep_by_service(host)
+
+
+def test_5_dry_run_lists_and_changes_nothing(host, metrics_written):
     repo = "team/dry"
     infos = push_series(host, repo, ["d1", "d2", "d3"])
     pushed_hours_ago(host, repo)
@@ -583,7 +581,54 @@ def parse_prometheus_text(text: str) -> dict[tuple[str, str], float]:
     return samples
 
 
-def test_7a_metrics_file_parses_and_counts_the_sweeps(host):
+def metric_samples(host) -> dict[tuple[str, str], float]:
+    metrics = host.file(METRICS)
+    return parse_prometheus_text(metrics.content_string) if metrics.exists else {}
+
+
+@pytest.fixture(scope="module")
+def counted_sweeps(host) -> dict:
+    """One sweep started each way operators start one (the service, an ad-hoc `ansible`
+    command, playbooks/sweep.yml), each deleting one tag of metrics/app; returns what they
+    did, the metrics from before them and the journal cursor from before them."""
+    repo = "metrics/app"
+    seen = {"sweeps": 0, "service_sweeps": 0, "tags_deleted": 0, "bytes_reclaimed": 0}
+    before = metric_samples(host)
+    cursor = journal_cursor(host)
+    infos = push_series(host, repo, ["m1", "m2"], shared="metrics-base")
+    triggers = {
+        "m3": lambda: sweep_by_service(host),
+        "m4": lambda: ansible(
+            "ansible",
+            "registry_cache",
+            "-b",
+            "-m",
+            "command",
+            "-a",
+            "systemctl start registry-janitor.service",
+        ),
+        "m5": lambda: ansible("ansible-playbook", "playbooks/sweep.yml"),
+    }
+    for i, (name, sweep) in enumerate(triggers.items()):
+        infos.update(push_series(host, repo, [name], shared="metrics-base"))
+        pushed_hours_ago(host, repo)
+        sweep()
+        # KEEP_LAST_N 2: each sweep deletes the oldest remaining tag.
+        gone = f"m{i + 1}"
+        assert_pruned(host, repo, infos, [f"m{i + 2}", name], [gone])
+        seen["sweeps"] += 1
+        seen["service_sweeps"] += name != "m5"
+        seen["tags_deleted"] += 1
+        seen["bytes_reclaimed"] += sum(infos[gone]["blobs"][d] for d in infos[gone]["unique"])
+    return {"seen": seen, "before": before, "cursor": cursor}
+
+
+def counted(samples: dict[tuple[str, str], float], name: str, labels: str = "") -> float:
+    return samples.get((name, labels), 0.0)
+
+
+def test_7a_metrics_file_parses_and_counts_the_sweeps(host, counted_sweeps):
+    seen, before = counted_sweeps["seen"], counted_sweeps["before"]
     metrics = host.file(METRICS)
     assert metrics.is_file
     samples = parse_prometheus_text(metrics.content_string)
@@ -607,18 +652,29 @@ def test_7a_metrics_file_parses_and_counts_the_sweeps(host):
     now = int(host.check_output("date +%s"))
     assert samples[("registry_janitor_last_run_success", "")] == 1
     assert 0 <= now - samples[("registry_janitor_last_success_timestamp_seconds", "")] < 900
-    assert samples[("registry_janitor_sweeps_total", 'result="success"')] >= SEEN["sweeps"]
-    assert samples[("registry_janitor_tags_deleted_total", "")] >= SEEN["tags_deleted"]
-    assert samples[("registry_janitor_bytes_reclaimed_total", "")] >= SEEN["bytes_reclaimed"]
+    # What the counters gained during the fixture's sweeps.
+    gained = {
+        name: counted(samples, f"registry_janitor_{name}_total", labels)
+        - counted(before, f"registry_janitor_{name}_total", labels)
+        for name, labels in (
+            ("sweeps", 'result="success"'),
+            ("tags_deleted", ""),
+            ("bytes_reclaimed", ""),
+        )
+    }
+    assert gained["sweeps"] >= seen["sweeps"]
+    assert gained["tags_deleted"] >= seen["tags_deleted"]
+    assert gained["bytes_reclaimed"] >= seen["bytes_reclaimed"]
     assert samples[("registry_janitor_repositories", "")] == len(catalog(host))
     # Written atomically: no temporary file left next to it.
     assert sh(host, f"ls -A {Path(METRICS).parent}").split() == [Path(METRICS).name]
 
 
-def test_7b_journal_has_the_sweep_summary(host):
-    log = unit_journal(host, "registry-janitor.service", after_cursor=START["cursor"])
+def test_7b_journal_has_the_sweep_summary(host, counted_sweeps):
+    seen = counted_sweeps["seen"]
+    log = unit_journal(host, "registry-janitor.service", after_cursor=counted_sweeps["cursor"])
     summaries = SWEEP_SUMMARY.findall(log)
     # Every sweep started through systemd (the ad-hoc one included) left its summary.
-    assert SEEN["service_sweeps"] >= 1
-    assert len(summaries) == SEEN["service_sweeps"], log
+    assert seen["service_sweeps"] >= 1
+    assert len(summaries) == seen["service_sweeps"], log
     assert GC_SUMMARY.search(log), log

@@ -26,7 +26,7 @@ from registry_cache_testing import sh, sweep_by_service
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("pushload")
 
 SWEEPS = int(os.environ.get("PUSHLOAD_SWEEPS", "20"))
 WINDOW = os.environ.get("PUSHLOAD_GC_WINDOW", "readonly")

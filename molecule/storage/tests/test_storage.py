@@ -19,7 +19,7 @@ from registry_cache_testing import unit_journal
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("registry-cache-storage")
 
 MOUNT = "/mnt/storagebox"
 MOUNT_UNIT = "mnt-storagebox.mount"

@@ -15,10 +15,11 @@ from registry_janitor import metrics, report
 from registry_janitor.backends import open_storage, store_missing
 from registry_janitor.config import Config
 from registry_janitor.lock import LockHeld, SweepLock
-from registry_janitor.output import Output, setup_logging
-from registry_janitor.records import SweepStats
-from registry_janitor.summary import summary
-from registry_janitor.sweep import Janitor
+from registry_janitor.output import Output, human_duration, setup_logging
+from registry_janitor.records import SweepStats, VerifyStats
+from registry_janitor.summary import summary, verify_summary
+from registry_janitor.sweep import Janitor, warn_blobdescriptor
+from registry_janitor.verify import Verifier
 
 log = logging.getLogger("registry_janitor")
 
@@ -95,6 +96,28 @@ def _gc_due(cfg: Config, janitor: Janitor, out: Output) -> int:
     return EXIT_OK if due else EXIT_FAILED
 
 
+def _lock(command: str, cfg: Config, out: Output, stop: threading.Event) -> SweepLock | None:
+    """The janitor's lock, taken; None (and said why) when it cannot be had."""
+
+    def waiting(holder: str) -> None:
+        out.emit(
+            "lock_wait",
+            f"waiting for the running {holder} to finish (lock {cfg.lock_file})",
+            holder=holder,
+            lock_file=str(cfg.lock_file),
+        )
+
+    lock = SweepLock(cfg.lock_file, command, stop=stop, on_wait=waiting)
+    try:
+        return lock.__enter__()
+    except LockHeld as exc:
+        out.emit("locked", str(exc), level=logging.ERROR, lock_file=str(cfg.lock_file))
+    except OSError as exc:  # e.g. a read-only mount: nothing could be changed anyway
+        msg = f"cannot open lock file {cfg.lock_file}: {exc.strerror or exc}"
+        out.emit("lock_failed", msg, level=logging.ERROR, lock_file=str(cfg.lock_file))
+    return None
+
+
 def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
     stats = SweepStats(command=command, dry_run=cfg.dry_run)
     if _store_missing(cfg, out):
@@ -110,15 +133,10 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
     )
     with ExitStack() as stack:
         if not cfg.dry_run:  # a dry run changes nothing: it neither needs nor creates the lock
-            try:
-                stack.enter_context(SweepLock(cfg.lock_file))
-            except LockHeld as exc:
-                out.emit("locked", str(exc), level=logging.ERROR, lock_file=str(cfg.lock_file))
+            lock = _lock(command, cfg, out, janitor.stop)
+            if lock is None:
                 return EXIT_FAILED
-            except OSError as exc:  # e.g. a read-only mount: nothing could be deleted anyway
-                msg = f"cannot open lock file {cfg.lock_file}: {exc.strerror or exc}"
-                out.emit("lock_failed", msg, level=logging.ERROR, lock_file=str(cfg.lock_file))
-                return EXIT_FAILED
+            stack.push(lock)
         try:
             janitor.sweep(
                 stats,
@@ -139,6 +157,47 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
     return EXIT_OK if stats.ok else EXIT_FAILED
 
 
+def _verify(cfg: Config, out: Output, pool: ThreadPoolExecutor, stop: threading.Event) -> int:
+    if _store_missing(cfg, out):
+        return EXIT_FAILED
+    interval = "never" if cfg.verify_interval is None else human_duration(cfg.verify_interval)
+    out.emit(
+        "started",
+        f"verify started on {cfg.store}: budget {cfg.verify_budget}, blobs hashed again"
+        f" {interval if interval == 'never' else 'after ' + interval}"
+        f"{', DRY RUN' if cfg.dry_run else ''}",
+        command="verify",
+        data_dir=str(cfg.data_dir),
+        store=cfg.store,
+    )
+    stats = VerifyStats(dry_run=cfg.dry_run)
+    with ExitStack() as stack:
+        if not cfg.dry_run:  # a dry run moves nothing and records nothing
+            lock = _lock("verify", cfg, out, stop)
+            if lock is None:
+                return EXIT_FAILED
+            stack.push(lock)
+        # A corrupt blob moved away is uploaded again by the next push only if the registry
+        # does not cache that it exists.
+        warn_blobdescriptor(cfg.registry_config, out)
+        try:
+            Verifier(cfg, out, pool, stop).run(stats)
+        except Exception:
+            log.exception("verify failed")
+            stats.errors += 1
+    fields = {"command": "verify", "ok": stats.ok, **vars(stats)}
+    out.record(
+        "summary", verify_summary(stats), fields, logging.INFO if stats.ok else logging.ERROR
+    )
+    if cfg.metrics_file is not None and not cfg.dry_run:
+        path = metrics.verify_file(cfg.metrics_file)
+        try:
+            metrics.write_verify(path, stats)
+        except OSError as exc:
+            log.error("cannot write metrics file %s: %s", path, exc)
+    return EXIT_OK if stats.ok else EXIT_FAILED
+
+
 def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
     setup_logging(as_json=as_json, verbose=verbose)
     out = Output(as_json=as_json)
@@ -154,6 +213,8 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
                 storage.close()
             return EXIT_OK
         _install_signal_handlers(stop)
+        if command == "verify":
+            return _verify(cfg, out, pool, stop)
         loop = command == "sweep" and not cfg.run_once
         status = EXIT_OK
         while True:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from registry_janitor.config import Config
-from registry_janitor.storage import FilesystemStorage, Storage
+from registry_janitor.hold import HELD_BLOBS
+from registry_janitor.storage import BLOBS, REPOSITORIES, FilesystemStorage, Storage
 
 
 def open_storage(cfg: Config) -> Storage:
@@ -12,7 +13,9 @@ def open_storage(cfg: Config) -> Storage:
 
         # A connection per I/O thread, and two for the main thread's own requests.
         return S3Storage(cfg.s3, max_connections=cfg.concurrency + 2)
-    return FilesystemStorage(cfg.data_dir)
+    # The held blobs' directory is an anchor too: garbage collection renames every
+    # candidate into it and deletes it from there.
+    return FilesystemStorage(cfg.data_dir, anchors=(REPOSITORIES, BLOBS, HELD_BLOBS))
 
 
 def store_missing(cfg: Config) -> str | None:

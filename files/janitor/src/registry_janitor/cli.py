@@ -10,7 +10,7 @@ from typing import NoReturn
 from registry_janitor import __version__, config
 
 PROG = "registry-janitor"
-COMMANDS = ("sweep", "prune", "gc", "gc-due", "report")
+COMMANDS = ("sweep", "prune", "gc", "gc-due", "report", "verify")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "gc-due": "exit 0 when a `gc` would run now (registry engine: after a prune removed"
         " something), 1 otherwise; for wrappers that stop writes around it",
         "report": "per repository: tags, push times, unique and shared bytes",
+        "verify": "hash stored blobs against their digests within VERIFY_BUDGET, move corrupt"
+        " ones into the quarantine and name the tags they break; exit 1 when something is"
+        " broken",
     }
     for name in COMMANDS:
         sub.add_parser(name, parents=[options], help=helps[name], description=helps[name])

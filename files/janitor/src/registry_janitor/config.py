@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry_janitor.output import human_bytes, human_duration
 from registry_janitor.policy import (
     Policy,
     PolicyError,
@@ -114,6 +115,20 @@ SETTINGS: dict[str, Setting] = {
             "unreachable manifests stay linked until unreachable this long",
         ),
         Setting(
+            "VERIFY_BUDGET",
+            "--verify-budget",
+            "10m",
+            "verify: stop starting blobs after this much data or run time (2GiB, 10m, both"
+            " as 2GiB,10m, or unlimited)",
+        ),
+        Setting(
+            "VERIFY_INTERVAL",
+            "--verify-interval",
+            "30d",
+            "verify: hash a verified blob again after this long, with budget left over from"
+            " blobs never verified (never: only new blobs)",
+        ),
+        Setting(
             "JANITOR_STORAGE",
             "--storage",
             "filesystem",
@@ -165,6 +180,75 @@ SETTINGS: dict[str, Setting] = {
 
 
 @dataclass(frozen=True)
+class Budget:
+    """How much one `verify` run may do; None: no limit of that kind."""
+
+    bytes: int | None = None
+    seconds: int | None = None
+
+    def __str__(self) -> str:
+        parts = [human_bytes(self.bytes)] if self.bytes is not None else []
+        parts += [human_duration(self.seconds)] if self.seconds is not None else []
+        return " or ".join(parts) or "unlimited"
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kib|mib|gib|tib|kb|mb|gb|tb)")
+_DURATION_TEXT = re.compile(r"\d+[smhdw]?")
+_SIZE_UNITS = {
+    "b": 1,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
+
+
+def parse_budget(setting: str, text: str) -> Budget:
+    """`2GiB`, `500MB`, `10m` (a duration), `2GiB,10m` (whichever comes first), `unlimited`.
+
+    A size needs its unit with the B (`10m` is ten minutes, `10MiB` ten mebibytes)."""
+    value = text.strip().lower()
+    if value == "unlimited":
+        return Budget()
+    error = ConfigError(
+        setting,
+        "must be a size like 2GiB or 500MB, a duration like 10m or 1h, both (2GiB,10m),"
+        f' or unlimited, got "{text}"',
+    )
+    size: int | None = None
+    seconds: int | None = None
+    for given in (p.strip() for p in text.split(",")):
+        part = given.lower()
+        m = _SIZE.fullmatch(part)
+        if m is not None and size is None:
+            size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+        # Durations in lower case only: `10M` may be meant as megabytes.
+        elif m is None and seconds is None and _DURATION_TEXT.fullmatch(given):
+            seconds = parse_duration(setting, part)
+        else:
+            raise error
+    if size == 0 or seconds == 0:
+        raise error
+    return Budget(size, seconds)
+
+
+def parse_interval(setting: str, text: str) -> int | None:
+    """A duration, or `never` (None)."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return parse_duration(setting, text)
+    except ConfigError:
+        raise ConfigError(
+            setting, f'must be a duration like 7d or 30d, or never, got "{text}"'
+        ) from None
+
+
+@dataclass(frozen=True)
 class Config:
     keep_last_n: int
     interval_secs: int
@@ -186,6 +270,8 @@ class Config:
     gc_grace: int = 7200
     gc_settle: int = 60
     revision_grace: int = 3600
+    verify_budget: Budget = Budget(seconds=600)
+    verify_interval: int | None = 30 * 86400
     s3: S3Settings | None = None  # set: the store is in a bucket, not under data_dir
 
     @property
@@ -196,10 +282,6 @@ class Config:
     @property
     def repositories_dir(self) -> Path:
         return self.data_dir / "docker" / "registry" / "v2" / "repositories"
-
-    @property
-    def blobs_dir(self) -> Path:
-        return self.data_dir / "docker" / "registry" / "v2" / "blobs"
 
 
 def parse_bool(setting: str, text: str) -> bool:
@@ -314,6 +396,9 @@ def load(
             f' got "{raw["gc_grace"]}"',
         )
 
+    verify_budget = parse_budget(name("verify_budget"), raw["verify_budget"])
+    verify_interval = parse_interval(name("verify_interval"), raw["verify_interval"])
+
     return Config(
         keep_last_n=keep_last_n,
         interval_secs=interval,
@@ -335,6 +420,8 @@ def load(
         gc_grace=gc_grace,
         gc_settle=gc_settle,
         revision_grace=revision_grace,
+        verify_budget=verify_budget,
+        verify_interval=verify_interval,
         s3=s3,
     )
 

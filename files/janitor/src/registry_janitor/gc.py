@@ -36,6 +36,7 @@ from registry_janitor import store
 from registry_janitor.hold import Hold
 from registry_janitor.manifests import ManifestReader, closure
 from registry_janitor.output import Output, human_bytes, iso
+from registry_janitor.quarantine import Quarantine
 from registry_janitor.records import SweepStats
 from registry_janitor.storage import BLOBS, Stat, Storage
 
@@ -114,9 +115,19 @@ class Collector:
         for repo in unreadable_repos:
             result.problems.append(f"repository {repo} could not be read completely")
         reach = closure(frozenset().union(*roots.values()) if roots else (), self.reader)
+        quarantined = (
+            {e.digest: e for e in Quarantine(self.storage).entries()} if reach.unreadable else {}
+        )
         for digest in sorted(reach.unreadable):
             why = self.reader.problems.get(digest, "unreadable")
             where = _who_links(roots, digest) or f"a manifest referenced as {digest}"
+            entry = quarantined.get(digest)
+            if entry is not None:
+                # Fail closed, and say what ends it: the manifest's blob was corrupt.
+                why += (
+                    f" (verify found it corrupt on {iso(entry.when)} and moved it to"
+                    f" {entry.path}): push that image again, or delete its tags"
+                )
             result.problems.append(f"{where}: {why}")
         result.marked = reach.marked
         if not result.complete:
@@ -214,11 +225,9 @@ class Collector:
             log.warning("stopped: putting back %d held blobs", len(held))
             restored = set(held)
             self._restore(restored)
-            held_layers_left = held_layers
         else:
             restored = self._recheck(roots, held)
-            held_layers_left = held_layers
-        for repo in held_layers_left:
+        for repo in held_layers:
             if self.hold.settle_layers(repo):
                 self.out.emit(
                     "layers_restored",

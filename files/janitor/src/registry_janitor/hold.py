@@ -19,7 +19,6 @@ that is safe).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from registry_janitor.storage import REPOSITORIES, Storage
 from registry_janitor.store import HEX, blob_data, blob_dir, list_names
@@ -27,7 +26,7 @@ from registry_janitor.store import HEX, blob_data, blob_dir, list_names
 log = logging.getLogger(__name__)
 
 HOLD_DIR = ".registry-janitor-held"
-_BLOBS = f"{HOLD_DIR}/blobs"
+HELD_BLOBS = f"{HOLD_DIR}/blobs"
 _LAYERS = f"{HOLD_DIR}/layers"
 
 
@@ -50,7 +49,7 @@ class Hold:
 
     # -- blobs --------------------------------------------------------------------------
     def _held(self, digest: str) -> str:
-        return f"{_BLOBS}/{digest.removeprefix('sha256:')}"
+        return f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}"
 
     def hold_blob(self, digest: str) -> bool:
         """Take a blob out of the registry's view; False when it is already gone."""
@@ -93,7 +92,20 @@ class Hold:
         return True
 
     def drop_blob(self, digest: str) -> None:
-        self.storage.delete(self._held(digest))
+        held = self._held(digest)
+        if not self.storage.renames:  # its one object
+            self.storage.delete(f"{held}/data")
+            return
+        # A blob directory holds only `data`: unlink it, then remove the directory, instead
+        # of opening and listing it (round trips on a network filesystem). Anything else in
+        # it (or a symlink in its place) leaves rmdir failing, and the whole entry goes.
+        self.storage.delete(f"{held}/data")
+        try:
+            self.storage.rmdir(held)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self.storage.delete(held)
 
     def drop_blobs(self, digests: list[str]) -> dict[str, OSError]:
         """Delete held blobs in batches (an object store: one request per 1,000); digest ->
@@ -103,7 +115,7 @@ class Hold:
         return {paths[p]: exc for p, exc in self.storage.delete_many(list(paths)).items()}
 
     def held_blobs(self) -> list[str]:
-        return [f"sha256:{h}" for h in list_names(self.storage, _BLOBS) if HEX.fullmatch(h)]
+        return [f"sha256:{h}" for h in list_names(self.storage, HELD_BLOBS) if HEX.fullmatch(h)]
 
     # -- a removed repository's `_layers` ------------------------------------------------
     def hold_layers(self, repo: str) -> bool:
@@ -161,10 +173,3 @@ class Hold:
             return True
         self.drop_layers(repo)
         return False
-
-    def restore_all_blobs(self, digests: Iterable[str]) -> int:
-        n = 0
-        for digest in digests:
-            self.restore_blob(digest)
-            n += 1
-        return n

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from registry_janitor.storage import Storage
 from registry_janitor.store import DIGEST, blob_data, pmap_batched
 
-_MANIFEST_MAX = 4 * 1024 * 1024  # the registry refuses larger manifests
+MANIFEST_MAX = 4 * 1024 * 1024  # the registry refuses larger manifests
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,12 @@ class ManifestReader:
     def close(self) -> None:
         """Nothing to release; the storage belongs to the caller."""
 
+    def unusable(self, digest: str, why: str) -> None:
+        """Never read this blob: its content is known to be wrong (a corrupt blob)."""
+        with self._lock:
+            self._cache[digest] = None
+            self.problems[digest] = why
+
     def forget(self, digest: str) -> None:
         """Drop a cached failure: the blob may be readable now (put back from the hold)."""
         with self._lock:
@@ -93,14 +99,14 @@ class ManifestReader:
 
     def _load(self, digest: str) -> Manifest | None:
         try:
-            raw, st = self.storage.read(blob_data(digest), _MANIFEST_MAX + 1)
+            raw, st = self.storage.read(blob_data(digest), MANIFEST_MAX + 1)
         except FileNotFoundError:
             return self._problem(digest, "manifest blob missing")
         except OSError as exc:
             return self._problem(digest, f"cannot read manifest blob: {exc.strerror or exc}")
         if not st.is_file:
             return self._problem(digest, "manifest blob is not a regular file")
-        if len(raw) > _MANIFEST_MAX:
+        if len(raw) > MANIFEST_MAX:
             return self._problem(digest, "larger than any manifest the registry accepts")
         m = parse(digest, raw)
         return m if m is not None else self._problem(digest, "not a manifest the janitor reads")

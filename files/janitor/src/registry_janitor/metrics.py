@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from registry_janitor import atomic
-from registry_janitor.records import SweepStats
+from registry_janitor.records import SweepStats, VerifyStats
 
 P = "registry_janitor_"
 _SAMPLE = re.compile(r"^([a-z_:][a-z0-9_:]*)(\{[^}]*\})?\s+(\S+)\s*$", re.IGNORECASE)
@@ -131,4 +131,72 @@ def write(
     previous = read_previous(path)
     text = render(stats, previous, time.time() if now is None else now, command=command)
     # 0644: node_exporter usually runs as another user.
+    atomic.write_text(path, text, mode=0o644)
+
+
+# `verify` writes its own file beside the sweep's (registry_janitor_verify.prom next to
+# registry_janitor.prom): the two run on their own schedules and neither rewrites the other's
+# figures. Every name differs from the sweep's, so the collector can read both.
+VERIFY_METRICS: dict[str, tuple[str, str]] = {
+    "verify_last_run_timestamp_seconds": ("gauge", "Unix time the last verify run ended."),
+    "verify_last_run_success": (
+        "gauge",
+        "1 if the last verify run found nothing broken and had no errors, else 0.",
+    ),
+    "verify_duration_seconds": ("gauge", "Duration of the last verify run."),
+    "blobs_verified_total": ("counter", "Blobs hashed and found to match their digest."),
+    "bytes_verified_total": ("counter", "Bytes of the blobs found to match their digest."),
+    "blobs_corrupt_total": ("counter", "Blobs found not to match their digest (quarantined)."),
+    "blobs_unverified": (
+        "gauge",
+        "Blobs whose current content no verify run has hashed yet (after the last run).",
+    ),
+    "verify_oldest_unverified_age_seconds": (
+        "gauge",
+        "Age (since written) of the oldest blob no verify run has hashed yet; 0 if none.",
+    ),
+    "blobs_quarantined": ("gauge", "Entries in the quarantine (blobs moved out as corrupt)."),
+    "broken_tags": (
+        "gauge",
+        "Tags whose image needs a corrupt, quarantined or missing blob (push them again).",
+    ),
+    "manifests_unreadable": (
+        "gauge",
+        "Linked manifests that are intact but cannot be parsed (garbage collection waits).",
+    ),
+}
+
+
+def verify_file(metrics_file: Path) -> Path:
+    return metrics_file.with_name(f"{metrics_file.stem}_verify{metrics_file.suffix}")
+
+
+def render_verify(stats: VerifyStats, previous: dict[str, float], now: float) -> str:
+    oldest = stats.oldest_unverified
+    samples: dict[str, float] = {
+        "verify_last_run_timestamp_seconds": now,
+        "verify_last_run_success": 1.0 if stats.ok else 0.0,
+        "verify_duration_seconds": stats.duration,
+        "blobs_unverified": stats.unverified,
+        "verify_oldest_unverified_age_seconds": max(0.0, now - oldest) if oldest else 0.0,
+        "blobs_quarantined": stats.quarantined,
+        "broken_tags": len(stats.broken_tags),
+        "manifests_unreadable": len(stats.manifests_unreadable),
+    }
+    counters = {
+        "blobs_verified_total": stats.blobs_verified,
+        "bytes_verified_total": stats.bytes_verified,
+        "blobs_corrupt_total": len(stats.corrupt),
+    }
+    for name, value in counters.items():
+        samples[name] = previous.get(P + name, 0.0) + value
+    lines: list[str] = []
+    for name, (kind, help_text) in VERIFY_METRICS.items():
+        lines += [f"# HELP {P}{name} {help_text}", f"# TYPE {P}{name} {kind}"]
+        lines.append(f"{P}{name} {_fmt(samples[name])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_verify(path: Path, stats: VerifyStats, now: float | None = None) -> None:
+    text = render_verify(stats, read_previous(path), time.time() if now is None else now)
     atomic.write_text(path, text, mode=0o644)

@@ -81,5 +81,13 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def human_duration(seconds: int) -> str:
+    """The largest unit that divides it: `2 h`, `30 d`, `90 s`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

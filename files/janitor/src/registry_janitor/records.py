@@ -81,3 +81,31 @@ class SweepStats:
     @property
     def ok(self) -> bool:
         return self.errors == 0 and self.gc_ok
+
+
+@dataclass
+class VerifyStats:
+    """What one `verify` run did; filled as it goes, like SweepStats."""
+
+    dry_run: bool = False
+    blobs: int = 0  # blobs in the store (with data)
+    blobs_verified: int = 0  # hashed and found intact in this run
+    bytes_verified: int = 0
+    corrupt: list[str] = field(default_factory=list)  # digests found corrupt in this run
+    quarantined: int = 0  # entries in the quarantine after the run
+    broken_tags: list[str] = field(default_factory=list)  # "repo:tag" that cannot be pulled
+    manifests_unreadable: list[str] = field(default_factory=list)  # intact but unparseable
+    unverified: int = 0  # blobs whose current content was never verified, after the run
+    oldest_unverified: float | None = None  # data mtime of the oldest of them
+    due: int = 0  # verified blobs due again and not reached, after the run
+    limit: str = ""  # what ended the hashing: "bytes", "time", "stop" or "" (all done)
+    errors: int = 0
+    duration: float = 0.0
+    hash_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """False when the store serves broken content or the run could not do its work."""
+        return not (self.corrupt or self.broken_tags or self.manifests_unreadable or self.errors)

@@ -72,7 +72,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -289,6 +289,17 @@ class S3Storage:
         if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
             size = int(content_range.rsplit("/", 1)[1])
         return data[:limit], _stat(resp, size)
+
+    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
+        # One GET streamed in pieces: the body is never held whole (blobs of gigabytes).
+        resp = self._call(f"read {path}", "get_object", Key=self._key(path))
+        body = resp["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        except (self._client_error, self._boto_error, OSError) as exc:
+            raise self._error(exc, f"read {path}") from None
+        finally:
+            body.close()
 
     # -- changes -------------------------------------------------------------------------
     def write(self, path: str, data: bytes) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,6 +70,15 @@ class Storage(Protocol):
     def read(self, path: str, limit: int) -> tuple[bytes, Stat]:
         """Up to `limit` bytes of a regular file, and its stat from the same handle.
         Not a regular file (a directory, a symlink): b"" and a stat with is_file False."""
+        ...
+
+    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
+        """The whole content of a regular file, in pieces of at most `chunk_size` bytes, for
+        content too large to hold at once (blobs). A generator: the file is opened on the
+        first `next()` and closed at the end or when the generator is closed (use
+        `contextlib.closing`). A piece may be reused for the next one: consume it at once.
+        FileNotFoundError when it does not exist; another OSError when it is not a regular
+        file or cannot be read."""
         ...
 
     def write(self, path: str, data: bytes) -> None:
@@ -194,6 +203,25 @@ class FilesystemStorage:
         finally:
             os.close(fd)
 
+    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
+        dir_fd, rel = self._at(path)
+        fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not _stat(st).is_file:
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            # One buffer per file, read into without a copy; no larger than the file (plus
+            # one byte to see its end in the same read), so small blobs cost small buffers.
+            buf = bytearray(max(1, min(chunk_size, st.st_size + 1)))
+            view = memoryview(buf)
+            while True:
+                n = os.readv(fd, [buf])
+                if n == 0:
+                    return
+                yield view[:n]
+        finally:
+            os.close(fd)
+
     def write(self, path: str, data: bytes) -> None:
         target = self.root / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -215,12 +243,14 @@ class FilesystemStorage:
 
     def _parent(self, path: str) -> tuple[int | None, str, bool]:
         """(descriptor of the parent directory or None, last component, owned). The parent is
-        opened with O_NOFOLLOW: a parent swapped for a symlink is never followed."""
+        opened with O_NOFOLLOW: a parent swapped for a symlink is never followed. O_PATH: the
+        descriptor only names the directory for the *at calls, so the filesystem is not asked
+        to open it (one round trip less on a network filesystem)."""
         dir_fd, rel = self._at(path)
         parent, _, name = rel.rpartition("/")
         if not parent:
             return dir_fd, name, False
-        return os.open(parent, _DIR_FLAGS, dir_fd=dir_fd), name, True
+        return os.open(parent, _PARENT_FLAGS, dir_fd=dir_fd), name, True
 
     def delete(self, path: str) -> None:
         try:
@@ -308,6 +338,7 @@ def _stat(st: os.stat_result) -> Stat:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _NOFOLLOW
 
 
 def remove_tree(name: str, dir_fd: int | None = None) -> None:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from registry_janitor.output import human_bytes
-from registry_janitor.records import SweepStats
+from registry_janitor.output import human_bytes, human_duration
+from registry_janitor.records import SweepStats, VerifyStats
 
 
 def _n(count: int, word: str, plural: str | None = None) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {plural or word + 's'}"
-
-
-def _age(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
 
 
 def summary(
@@ -35,7 +28,7 @@ def summary(
         if stats.manifests_spared:
             parts.append(
                 f"{_n(stats.manifests_spared, 'unreachable manifest')} spared until unreachable"
-                f" for {_age(revision_grace)} (a later sweep)"
+                f" for {human_duration(revision_grace)} (a later sweep)"
             )
     if stats.leftovers_removed:
         parts.append(_n(stats.leftovers_removed, "leftover tag dir"))
@@ -52,7 +45,7 @@ def summary(
         )
         if stats.blobs_spared:
             parts.append(
-                f"{_n(stats.blobs_spared, 'unreferenced blob')} younger than {_age(gc_grace)}"
+                f"{_n(stats.blobs_spared, 'unreferenced blob')} younger than {human_duration(gc_grace)}"
                 " spared"
             )
         if stats.blobs_restored:
@@ -64,4 +57,44 @@ def summary(
         parts.append("no garbage collection")
     if stats.errors:
         parts.append(_n(stats.errors, "error"))
+    return f"{prefix}: {', '.join(parts)}"
+
+
+_LIMITS = {
+    "bytes": "byte budget used up",
+    "time": "time budget used up",
+    "stop": "stopped",
+}
+
+
+def verify_summary(stats: VerifyStats) -> str:
+    prefix = (
+        "verify stopped early"
+        if stats.stopped
+        else (f"verify {'dry run ' if stats.dry_run else ''}done")
+    )
+    rate = stats.bytes_verified / stats.hash_seconds if stats.hash_seconds > 0 else 0.0
+    where = " (left in place)" if stats.dry_run else " (quarantined)"
+    parts = [
+        (
+            f"{_n(stats.blobs_verified, 'blob')} / {human_bytes(stats.bytes_verified)} verified"
+            f" ({human_bytes(int(rate))}/s)"
+        ),
+        f"{len(stats.corrupt)} corrupt" + (where if stats.corrupt else ""),
+    ]
+    if stats.broken_tags:
+        parts.append(f"{_n(len(stats.broken_tags), 'tag')} to push again")
+    if stats.manifests_unreadable:
+        parts.append(_n(len(stats.manifests_unreadable), "unreadable manifest"))
+    if stats.unverified:
+        parts.append(f"{_n(stats.unverified, 'blob')} never verified left")
+    if stats.due:
+        parts.append(f"{stats.due} due again left")
+    if stats.limit:
+        parts.append(_LIMITS.get(stats.limit, stats.limit))
+    if stats.quarantined:
+        parts.append(f"{stats.quarantined} in quarantine")
+    if stats.errors:
+        parts.append(_n(stats.errors, "error"))
+    parts.append(f"{stats.duration:.1f} s")
     return f"{prefix}: {', '.join(parts)}"

@@ -300,8 +300,8 @@ def test_second_concurrent_sweep_is_refused(scenario: Scenario) -> None:
     from registry_janitor.lock import SweepLock
 
     reg = scenario.registry
-    before = reg.store.fingerprint()
     with SweepLock(reg.store.lock_file):
+        before = reg.store.fingerprint()  # the holder has written its name into the lock file
         result = janitor.run(reg, "--keep-last-n", "0")
     assert result.returncode == 1
     assert f"another sweep holds the lock {reg.store.lock_file}" in result.stderr

@@ -1,4 +1,4 @@
-"""Reliability tests (issue 6, janitor level): SIGKILL trials, two sweeps at once, bad input.
+"""Reliability tests, janitor level: SIGKILL trials, two sweeps at once, bad input.
 
 They reuse the integration helpers (a real `docker-registry` 2.8.x on 127.0.0.1, skopeo,
 OCI layouts built in Python), so the same rule applies: skipped with the reason when a tool
@@ -39,7 +39,7 @@ _tools_present = _integration._tools_present
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "reliability: fault, concurrency and bad-input trials (issue 6), slow-ish"
+        "markers", "reliability: fault, concurrency and bad-input trials, slow-ish"
     )
     config.addinivalue_line(
         "markers", "backends(*names): run only on these store backends (default: all)"

@@ -1,9 +1,9 @@
-"""Issue 6, item 5 (janitor parts), against copies of the store built by real pushes:
+"""Bad settings and unusual stores, against copies of the store built by real pushes:
 
 - bad settings and malformed policy files: exit 2, one line naming the setting or the
   policy key, and the store is byte-for-byte, mtime-for-mtime untouched (no lock file either);
 - a data directory without a registry store (the Storage Box not mounted): exit 1, nothing
-  written (the janitor half of item 3);
+  written;
 - unusual but valid names pushed for real: a 128-character tag, dots, dashes, underscores,
   `__` and `--` in repository components, nine levels of nesting;
 - symlink loops and symlinks out of the store: the sweep ends, deletes nothing outside.

@@ -1,4 +1,4 @@
-"""Issue 6, item 4, janitor level: two sweeps at once (the timer plus a manual one).
+"""Two sweeps at once (the timer plus a manual one), janitor level.
 
 Real `registry-janitor` processes on copies of the store built by real pushes:
 

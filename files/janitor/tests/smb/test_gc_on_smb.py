@@ -13,18 +13,20 @@ mount), images pushed by skopeo, then sweeps:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import janitor
 import oci
 import pytest
-from registry import REGISTRY_BIN, Registry, pull, push
+from registry import REGISTRY_BIN, Registry, pull, push, running
 from registry_janitor import gc, registry_gc
-from smbshare import SmbDir
+from smbshare import SmbDir, SmbSession
 
 pytestmark = pytest.mark.usefixtures("registry_tools")
 
@@ -32,16 +34,22 @@ OLD = time.time() - 30 * 86400
 ARGS = ["--keep-last-n", "1", "--gc-settle", "1"]
 
 
-def age_store(reg: Registry) -> None:
-    """Every push 30 days ago (revisions, tags, blob data), except the newest tag's push time."""
-    for path in [*reg.repositories.glob("**/link"), *reg.blobs.glob("sha256/*/*/data")]:
-        os.utime(path, (OLD, OLD))
+@dataclass(frozen=True)
+class Template:
+    """The store pushed once to the share (server-side path), copied for each test."""
+
+    server_path: Path
+    layout: oci.Layout
+    images: dict[str, oci.Descriptor]
 
 
-def build(share: SmbDir, tmp_path: Path) -> tuple[Registry, oci.Layout, dict[str, oci.Descriptor]]:
+@pytest.fixture(scope="module")
+def template(smb_session: SmbSession, tmp_path_factory: pytest.TempPathFactory) -> Template:
     """app:v1..v3 (a shared base, a layer each) and multi:m1, m2 (indexes with attestations);
-    KEEP_LAST_N=1 keeps app:v3 and multi:m2."""
-    layout = oci.Layout(tmp_path / "layout")
+    KEEP_LAST_N=1 keeps app:v3 and multi:m2. Pushed through the registry onto the share."""
+    share = smb_session.fresh_dir("storagebox", "gc-template")
+    work = tmp_path_factory.mktemp("smb-gc")
+    layout = oci.Layout(work / "layout")
     base = layout.layer({"etc/os-release": b"ID=smb-gc\n"})
     images: dict[str, oci.Descriptor] = {}
     for i in range(1, 4):
@@ -56,19 +64,34 @@ def build(share: SmbDir, tmp_path: Path) -> tuple[Registry, oci.Layout, dict[str
         images[f"multi:m{i}"] = layout.index(
             [*plats, *(layout.attestation(p, f"m{i}-{j}") for j, p in enumerate(plats))]
         )
+    with running(work / "registry", root=share.path / "registry") as reg:
+        for ref, desc in images.items():
+            name = ref.replace(":", "-")
+            layout.tag(name, desc)
+            push(layout.path, name, reg, ref, multi=ref.startswith("multi"))
+    share.sync()
+    # Aged on the server (behind the client's caches): every push 30 days ago, in push order.
+    root = share.server_path / "registry" / "docker" / "registry" / "v2"
+    for path in [*root.glob("repositories/**/link"), *root.glob("blobs/sha256/*/*/data")]:
+        os.utime(path, (OLD, OLD))
+    for n, ref in enumerate(images):
+        repo, tag = ref.split(":")
+        link = root / "repositories" / repo / "_manifests" / "tags" / tag / "current" / "link"
+        os.utime(link, (OLD + n, OLD + n))
+    return Template(share.server_path / "registry", layout, images)
+
+
+def build(share: SmbDir, template: Template, tmp_path: Path) -> Registry:
+    """A registry serving a copy of the template from this test's directory on the share
+    (copied on the server, so no push is repeated)."""
+    shutil.copytree(template.server_path, share.server_path / "registry", symlinks=True)
+    deadline = time.monotonic() + 30
+    while not (share.path / "registry" / "docker").is_dir():  # the client's cache expires
+        assert time.monotonic() < deadline, "the copy never showed through the mount"
+        time.sleep(0.2)
     reg = Registry(tmp_path / "registry", root=share.path / "registry")
     reg.start()
-    for ref, desc in images.items():
-        name = ref.replace(":", "-")
-        layout.tag(name, desc)
-        push(layout.path, name, reg, ref, multi=ref.startswith("multi"))
-    age_store(reg)
-    for n, ref in enumerate(images):  # push order = age order
-        repo, tag = ref.split(":")
-        link = reg.repositories / repo / "_manifests" / "tags" / tag / "current" / "link"
-        os.utime(link, (OLD + n, OLD + n))
-    share.sync()
-    return reg, layout, images
+    return reg
 
 
 def stock_gc_would_delete(reg: Registry) -> set[str]:
@@ -77,8 +100,9 @@ def stock_gc_would_delete(reg: Registry) -> set[str]:
     return set(result.deleted)
 
 
-def test_sweep_with_gc_on_the_share(smb_share: SmbDir, tmp_path: Path) -> None:
-    reg, layout, images = build(smb_share, tmp_path)
+def test_sweep_with_gc_on_the_share(smb_share: SmbDir, template: Template, tmp_path: Path) -> None:
+    reg = build(smb_share, template, tmp_path)
+    layout, images = template.layout, template.images
     try:
         kept = {"app:v3": images["app:v3"], "multi:m2": images["multi:m2"]}
         gone = set().union(
@@ -109,9 +133,9 @@ def test_sweep_with_gc_on_the_share(smb_share: SmbDir, tmp_path: Path) -> None:
 # Where something is held: right after holding, after the settle and re-check, mid-delete.
 @pytest.mark.parametrize("phase", ["hold", "restore", "delete"])
 def test_sigkill_at_each_collection_phase_then_next_sweep(
-    smb_share: SmbDir, tmp_path: Path, phase: str
+    smb_share: SmbDir, template: Template, tmp_path: Path, phase: str
 ) -> None:
-    reg, _, _ = build(smb_share, tmp_path)
+    reg = build(smb_share, template, tmp_path)
     try:
         pauses = tmp_path / "pauses"
         pauses.mkdir()

@@ -56,6 +56,8 @@ BAD_ENV = [
     ("GC_GRACE", "30m", "GC_GRACE: must not be shorter than REVISION_GRACE (1h)"),
     ("GC_SETTLE", "-1", "GC_SETTLE: must be a duration"),
     ("REVISION_GRACE", "1 day", "REVISION_GRACE: must be a duration"),
+    ("VERIFY_BUDGET", "10M", "VERIFY_BUDGET: must be a size like 2GiB or 500MB, a duration like"),
+    ("VERIFY_INTERVAL", "monthly", "VERIFY_INTERVAL: must be a duration like 7d or 30d, or never"),
 ]
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
+import pytest
 from synthetic import Store
 
 OLD = time.time() - 86400
@@ -26,7 +30,7 @@ def clean_env() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_"))
+        if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_", "VERIFY_"))
     }
 
 
@@ -47,18 +51,49 @@ def fake_registry(tmp_path: Path, script: str) -> list[str]:
     ]
 
 
-def read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:
-    assert proc.stderr is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not seen in {lines}")
+class StderrLines:
+    """A child's stderr, line by line, read by a thread: a child that goes silent cannot
+    hold a test past its timeout (a readline() on the pipe would block until it writes)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(proc.stderr,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)  # end of the stream
+
+    def until(self, needle: str, timeout: float = 20) -> list[str]:
+        """The lines up to and including the first one containing needle; fails once
+        timeout seconds pass without it, or when the stream ends first."""
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{needle!r} not seen within {timeout} s in {lines}") from None
+            if line is None:
+                self._lines.put(None)  # a later call sees the end too
+                raise AssertionError(f"{needle!r} not seen before stderr closed in {lines}")
+            lines.append(line)
+            if needle in line:
+                return lines
+
+
+def test_stderr_lines_fail_at_the_timeout_when_the_child_is_silent() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE, text=True
+    ) as proc:
+        started = time.monotonic()
+        try:
+            with pytest.raises(AssertionError, match="not seen within 1 s"):
+                StderrLines(proc).until("never printed", timeout=1)
+        finally:
+            proc.kill()
+        assert time.monotonic() - started < 5
 
 
 def test_sigterm_while_waiting_stops_cleanly(tmp_path: Path) -> None:
@@ -70,7 +105,7 @@ def test_sigterm_while_waiting_stops_cleanly(tmp_path: Path) -> None:
         text=True,
         env=clean_env(),
     ) as proc:
-        read_until(proc, "next sweep in 3600 s")
+        StderrLines(proc).until("next sweep in 3600 s")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
 
@@ -87,11 +122,12 @@ def test_failed_sweep_is_logged_and_the_next_one_runs_gc_again(tmp_path: Path) -
         text=True,
         env=clean_env(),
     ) as proc:
-        first = read_until(proc, "sweep done")
+        stderr = StderrLines(proc)
+        first = stderr.until("sweep done")
         assert any("gc failed: registry binary not found" in line for line in first)
         assert "2 deleted" in first[-1] and "FAILED" in first[-1]
         # The next sweep has nothing new to delete but GC is still owed: it runs again.
-        second = read_until(proc, "sweep done")
+        second = stderr.until("sweep done")
         assert "0 deleted" in second[-1]
         assert any("gc failed" in line for line in second)
         proc.send_signal(signal.SIGINT)

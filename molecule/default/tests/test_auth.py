@@ -24,7 +24,7 @@ from registry_cache_testing import age_links, blob_data, sh, sweep_by_service
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("registry-cache-auth")
 
 REG = "127.0.0.1:5000"
 URL = f"https://{REG}"
@@ -39,14 +39,14 @@ DOCKER_CONFIG = f"{WORK}/docker-config"
 AUTHFILE = f"{DOCKER_CONFIG}/config.json"
 COMPOSE = f"docker compose -p registry-cache -f {PROJECT}/compose.yml"
 
-# molecule.yml's registry_auth_users, base64-encoded.
+# molecule.yml's registry_auth_users (host registry-cache-auth), base64-encoded.
 USERS = {
     "ci": "bW9sZWN1bGUtYXV0aC1IcTRuVjhzTC1jaS1ub3QtcmVhbA==",
     "puller": "bW9sZWN1bGUtYXV0aC1UYjJ4UjZtUC1wdWxsZXItbm90LXJlYWw=",
 }
 UNIQUE_SIZE = 128 * 1024
-# Request timing figures, on the controller (destroy.yml leaves them).
-TIMING = Path("/var/tmp/registry-cache-molecule/auth/request-timing.json")
+# Request timing figures, on the controller.
+TIMING = Path(__file__).resolve().parents[3] / ".cache" / "molecule-auth-request-timing.json"
 
 
 def password_var(user: str) -> str:

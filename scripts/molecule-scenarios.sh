@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs `molecule test` for each scenario named, up to JOBS at a time (default 2), each with
+# its log in .cache/molecule-<scenario>.log (every line time-stamped), then checks each log
+# for the scenario's Storage Box passwords (scripts/check-secret-leak.sh).
+#   scripts/molecule-scenarios.sh [-j JOBS] SCENARIO...
+# Prints each scenario's steps as they start and end, its duration, and on failure the end
+# of its log; exits 1 if any scenario failed. Scenarios have their own container names and
+# folders, so different ones can run at the same time; the same one twice cannot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs=2
+if [ "${1:-}" = -j ]; then
+    jobs=$2
+    shift 2
+fi
+[ $# -gt 0 ] || { echo "usage: $0 [-j JOBS] SCENARIO..." >&2; exit 2; }
+mkdir -p .cache
+
+# One scenario: molecule test with a time-stamped log; its steps are shown as they start
+# and end; prints "== molecule S: N s (rc R)" and, on failure, the end of the log.
+run_one() {
+    local s=$1 log=.cache/molecule-$1.log start rc
+    start=$(date +%s)
+    echo "== molecule test -s $s (log: $log)"
+    PYTHONUNBUFFERED=1 molecule test -s "$s" 2>&1 | awk '{ print strftime("%H:%M:%S"), $0; fflush() }' | tee "$log" |
+        { grep --line-buffered -E '^[0-9:]+ INFO .*(Executing|Executed: .*)$' | sed -u "s/^/   [$s] /"; true; }
+    rc=${PIPESTATUS[0]}
+    scripts/check-secret-leak.sh "$s" "$log" || rc=1
+    echo "== molecule $s: $(( $(date +%s) - start )) s (rc $rc)"
+    if [ "$rc" -ne 0 ]; then
+        echo "== end of $log:"
+        tail -n 60 "$log"
+    fi
+    return "$rc"
+}
+export -f run_one
+
+# xargs runs up to $jobs at a time and exits 123 when any of them failed.
+printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'run_one "$1"' _ {}
