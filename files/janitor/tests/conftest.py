@@ -7,6 +7,7 @@ them; tests that do get the `smb` or `s3` marker.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 
@@ -19,6 +20,22 @@ from smbshare import (  # noqa: F401  (pytest finds fixtures by name in this mod
     smb_share_any,
     smb_share_case_sensitive,
     smb_share_read_only,
+)
+
+# The S3 cases `make test-janitor` runs, one or a few of each kind: the storage contract, the
+# GC oracle, a sweep through the registry, the race at the hold, verify, a SIGKILL trial,
+# an interrupted removal, a missing bucket. The others get the `s3_full` marker: `make
+# test-s3` runs every S3 case.
+S3_QUICK = (
+    "s3/*",
+    "integration/test_gc_oracle.py::*[[]s3[]]",
+    "integration/test_sweep_registry.py::*[[]janitor-s3*",
+    "integration/test_gc_race.py::*[[]s3-hold[]]",
+    "integration/test_verify_registry.py::test_damaged_*[[]s3[]]",
+    "reliability/test_sigkill_sweep.py::test_sigkill_then_next_sweep[[]s3-0[]]",
+    "reliability/test_sigkill_verify.py::*[[]s3[]]",
+    "reliability/test_interrupted_removal.py::*[[]s3[]]",
+    "reliability/test_bad_input_store.py::test_missing_bucket_writes_nothing[[]s3-sweep[]]",
 )
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -35,3 +52,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # parametrized over both store backends.
         if "rgw" in fixtures or (callspec is not None and "s3" in callspec.id.split("-")):
             item.add_marker(pytest.mark.s3)
+            name = item.nodeid.split("tests/", 1)[-1]
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in S3_QUICK):
+                item.add_marker(pytest.mark.s3_full)
