@@ -48,24 +48,35 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that needs the template store (or asks for `backend`) runs once per store
-    backend. A module with `trials(backend)` runs those trial numbers per backend instead
-    (fewer in a bucket, where each copy of the store costs more)."""
+    backend. A module with `trials(backend)` runs those trial numbers per backend (fewer in a
+    bucket, where each copy of the store costs more).
+
+    Always over every backend and every trial number, the cases not wanted deselected at
+    collection (`_unwanted`): parameters the same in every module let pytest run all the
+    tests of one backend together, so the session's template store is built once per
+    backend, not again each time the backend changes between two tests."""
     if "backend" not in metafunc.fixturenames:
         return
-    marker = metafunc.definition.get_closest_marker("backends")
-    backends = marker.args if marker else BACKENDS
+    metafunc.parametrize("backend", BACKENDS, indirect=True, scope="session")
     trials = getattr(metafunc.module, "trials", None)
     if "trial" in metafunc.fixturenames and trials is not None:
-        cases = [(b, t) for b in backends for t in trials(b)]
-        metafunc.parametrize(
-            ("backend", "trial"),
-            cases,
-            indirect=["backend"],
-            scope="session",
-            ids=[f"{b}-{t}" for b, t in cases],
-        )
-    else:
-        metafunc.parametrize("backend", backends, indirect=True, scope="session")
+        metafunc.parametrize("trial", sorted({t for b in BACKENDS for t in trials(b)}))
+
+
+def _unwanted(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "backend" not in callspec.params:
+        return False
+    backend = callspec.params["backend"]
+    marker = item.get_closest_marker("backends")
+    if marker is not None and backend not in marker.args:
+        return True
+    trials = getattr(getattr(item, "module", None), "trials", None)
+    return (
+        "trial" in callspec.params
+        and trials is not None
+        and (callspec.params["trial"] not in trials(backend))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +86,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).resolve().parent
+    unwanted = [i for i in items if here in Path(i.path).resolve().parents and _unwanted(i)]
+    if unwanted:
+        config.hook.pytest_deselected(items=unwanted)
+        items[:] = [i for i in items if i not in unwanted]
     for item in items:
         if here in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.reliability)
