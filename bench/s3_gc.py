@@ -148,6 +148,9 @@ def timed(
     if result.returncode != 0:
         raise SystemExit(f"{what} failed ({result.returncode}): see {out}")
     after = objects(gw, bucket)
+    own = sorted(k for k in after if not k.startswith(f"{ROOT}/docker/"))
+    if own:
+        log(f"  {what}: left outside the registry's tree: {', '.join(own)}")
     run = Run(what, tags, seconds, reqs, len(before), len(after))
     log(
         f"  {what}: {seconds:.1f} s, {reqs} requests ({run.per_tag:.1f} per tag),"
