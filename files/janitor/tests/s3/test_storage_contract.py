@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from registry_janitor.s3 import S3Settings, S3Storage
 from registry_janitor.storage import Entry, FilesystemStorage, Storage
-from rgw import RadosGateway
+from rgw import ACCESS_KEY, SECRET_KEY, Bucket, RadosGateway
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -27,24 +27,22 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         fs.close()
         return
     gw: RadosGateway = request.getfixturevalue("rgw")
-    bucket = gw.bucket("contract")
-    s3 = S3Storage(
-        S3Settings(
-            bucket=bucket.name,
-            endpoint=gw.endpoint,
-            root_directory=bucket.root,
-            access_key="registry-cache-test",
-            secret_key=gw_secret(),
-        )
-    )
+    s3 = s3_storage(gw, gw.bucket("contract"))
     yield s3
     s3.close()
 
 
-def gw_secret() -> str:
-    from rgw import SECRET_KEY
-
-    return SECRET_KEY
+def s3_storage(gw: RadosGateway, bucket: Bucket) -> S3Storage:
+    """The janitor's storage on a bucket of the gateway."""
+    return S3Storage(
+        S3Settings(
+            bucket=bucket.name,
+            endpoint=gw.endpoint,
+            root_directory=bucket.root,
+            access_key=ACCESS_KEY,
+            secret_key=SECRET_KEY,
+        )
+    )
 
 
 def write(storage: Storage, files: dict[str, bytes]) -> None:
@@ -139,15 +137,7 @@ def test_the_gateway_can_date_objects_in_the_past(rgw: RadosGateway) -> None:
     """The tests' stand-in for utime on a bucket (rgw.py): LastModified as asked, to the
     second, seen the same way by the janitor's storage."""
     bucket = rgw.bucket("dating")
-    s3 = S3Storage(
-        S3Settings(
-            bucket=bucket.name,
-            endpoint=rgw.endpoint,
-            root_directory=bucket.root,
-            access_key="registry-cache-test",
-            secret_key=gw_secret(),
-        )
-    )
+    s3 = s3_storage(rgw, bucket)
     s3.write("a", b"1")
     s3.write("b", b"2")
     when = time.time() - 30 * 86400
