@@ -306,7 +306,12 @@ def mounted(
         deadline = time.monotonic() + 20
         while not os.path.ismount(mount):
             if proc.poll() is not None:
-                raise RuntimeError(f"slowfs exited with {proc.returncode}, see {log.name}")
+                log.flush()
+                tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-15:]
+                raise RuntimeError(
+                    f"slowfs exited with {proc.returncode}; the end of {log.name}:\n"
+                    + "\n".join(tail)
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"slowfs did not mount {mount} within 20 s")
             time.sleep(0.05)

@@ -11,18 +11,28 @@ import shutil
 import sys
 from pathlib import Path
 
-# Moves the mtime of every `link` file below the given folders back by argv[1] seconds,
-# atime and order kept. The janitor reads a link's mtime as the push time of the tag,
-# revision or layer it names.
+# Moves the mtime of every `link` file below the given folders (repositories of a store)
+# back by argv[1] seconds, atime and order kept, and the `data` of every blob they name once.
+# The janitor reads a link's mtime as the push time of the tag, revision or layer it names,
+# and a blob's `data` mtime as its age for garbage collection's grace period.
 AGE_LINKS = """
 import os, sys
 shift = int(sys.argv[1]) * 10**9
+def age(path):
+    st = os.lstat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
+blobs = set()
 for top in sys.argv[2:]:
+    v2 = top.rpartition("/repositories/")[0]
     for folder, _, files in os.walk(top):
         if "link" in files:
             path = os.path.join(folder, "link")
-            st = os.lstat(path)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - shift), follow_symlinks=False)
+            age(path)
+            hexpart = open(path).read().strip().removeprefix("sha256:")
+            blobs.add(os.path.join(v2, "blobs", "sha256", hexpart[:2], hexpart, "data"))
+for path in blobs:
+    if os.path.exists(path):
+        age(path)
 """
 
 

@@ -15,10 +15,13 @@ per push: ref, manifest digest, every blob, ok, error, start and end time.
 not checked before (STATE.json remembers them), and prints a JSON summary; a manifest the
 registry no longer has counts as lost.
 
---age moves the revision links of pushes --check has already verified two hours back, so
-the janitor's one-hour grace for unreachable revisions lets this sweep collect them. Pushes
-not verified yet are never aged: the janitor may delete their tags, never their manifests,
-so a manifest missing at --check is a lost push, not policy.
+--age moves the revision links and the blobs of pushes --check has already verified three
+hours back, so the janitor's one-hour grace for unreachable revisions and the two-hour grace
+of its own GC let this sweep collect them. Pushes not verified yet are never aged: the
+janitor may delete their tags, never their manifests, so a manifest missing at --check is a
+lost push, not policy. A blob an unverified push shares with a verified one is aged with it,
+as on a real store (a push that finds a layer already there does not touch it): that is the
+HEAD-then-PUT race the janitor's hold, settle and re-check must win.
 """
 
 import argparse
@@ -116,12 +119,22 @@ def manifest_status(repo, digest):
 def check(out_path, state_path):
     state = json.loads(Path(state_path).read_text()) if Path(state_path).exists() else {}
     checked = set(state.get("checked", []))
-    summary = {"checked": 0, "pulled": 0, "lost": [], "broken": [], "pushes": 0, "refused": 0}
+    summary = {
+        "checked": 0,
+        "pulled": 0,
+        "lost": [],
+        "broken": [],
+        "pushes": 0,
+        "refused": 0,
+        "refused_errors": [],
+    }
     dest = Path("/var/tmp/pushload/pull")
     for line in Path(out_path).read_text().splitlines():
         rec = json.loads(line)
         summary["pushes"] += 1
         summary["refused"] += not rec["ok"]
+        if not rec["ok"] and len(summary["refused_errors"]) < 5:
+            summary["refused_errors"].append({"ref": rec["ref"], "error": rec["error"]})
         if not rec["ok"] or str(rec["n"]) in checked:
             continue
         checked.add(str(rec["n"]))
@@ -149,16 +162,19 @@ def check(out_path, state_path):
 def age(out_path, state_path, v2):
     state = json.loads(Path(state_path).read_text()) if Path(state_path).exists() else {}
     checked = set(state.get("checked", []))
-    then = time.time() - 7200
+    then = time.time() - 3 * 3600
     for line in Path(out_path).read_text().splitlines():
         rec = json.loads(line)
         if rec["ok"] and str(rec["n"]) in checked:
             repo = rec["ref"].split(":")[0]
             link = Path(v2, "repositories", repo, "_manifests", "revisions", "sha256")
-            try:
-                os.utime(link / rec["digest"][7:] / "link", (then, then))
-            except FileNotFoundError:
-                pass  # already unlinked by an earlier sweep
+            paths = [link / rec["digest"][7:] / "link"]
+            paths += [Path(v2, "blobs", "sha256", d[7:9], d[7:], "data") for d in rec["blobs"]]
+            for path in paths:
+                try:
+                    os.utime(path, (then, then))
+                except FileNotFoundError:
+                    pass  # already unlinked or collected by an earlier sweep
     return 0
 
 

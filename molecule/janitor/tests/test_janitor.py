@@ -210,12 +210,13 @@ def push_series(host, repo: str, names, push=push_oci, gap: float = 0.2, **kwarg
     return infos
 
 
-def pushed_hours_ago(host, *repos: str, hours: int = 2) -> None:
+def pushed_hours_ago(host, *repos: str, hours: int = 3) -> None:
     """Moves every push into these repositories `hours` back in time, order and gaps kept:
     the mtime of each `link` file (tags' current/link, revisions, layers) is what the janitor
-    reads as push time. The janitor leaves unreachable revisions younger than its grace
-    period (KEEP_MIN_AGE, and a fixed floor in newer janitor versions) for a later sweep, so
-    without this the blobs of a tag deleted minutes after its push are not reclaimed yet."""
+    reads as push time, and the blobs they name with them. The janitor leaves unreachable
+    revisions younger than its revision grace and blobs younger than its GC grace for a later
+    sweep, so without this the blobs of a tag deleted minutes after its push are not
+    reclaimed yet."""
     age_links(host, hours * 3600, *(f"{V2}/repositories/{r}" for r in repos))
 
 

@@ -3,8 +3,8 @@
 A layer of a pushed image is damaged in the store (a byte flipped, as SMB shares have been
 seen to store blobs); `systemctl start registry-janitor-verify.service` fails, its journal
 names the blob and the tag, the blob is in the quarantine; pushing the same image again heals
-it: it pulls, and the next verify run succeeds. Runs after the other files' tests (pytest
-takes the files in name order), on the store they left.
+it: it pulls, and the next verify run succeeds. On a host of its own (group verify): the
+other files' tests run at the same time on theirs, and expect stores nothing else changes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from test_janitor import REG, SKOPEO, V2, WORK, parse_prometheus_text, pull, pus
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("registry_cache")
+).get_hosts("verify")
 
 DATA = V2.removesuffix("/docker/registry/v2")
 METRICS = "/var/lib/registry-cache/metrics/registry_janitor_verify.prom"
