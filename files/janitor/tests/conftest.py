@@ -24,7 +24,8 @@ from smbshare import (  # noqa: F401  (pytest finds fixtures by name in this mod
 
 # The S3 cases `make test-janitor` runs, one or a few of each kind: the storage contract, the
 # GC oracle, a sweep through the registry, the race at the hold, verify, a SIGKILL trial,
-# an interrupted removal, a missing bucket. The others get the `s3_full` marker: `make
+# an interrupted removal, a missing bucket (and `make test-janitor` checks 4 GC oracle stores
+# in buckets instead of 12, ORACLE_S3_STORES). The others get the `s3_full` marker: `make
 # test-s3` runs every S3 case.
 S3_QUICK = (
     "s3/*",
