@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default="/var/tmp/registry-cache-bench-s3")
     p.add_argument("--memory-mib", type=int, default=4096, help="the gateway's in-memory OSD")
     args = p.parse_args(argv)
+    # A SIGTERM (timeout, Ctrl-C in make) unwinds like an exception: the gateway's daemons
+    # are stopped and the work directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if rgw.missing():
         raise SystemExit(f"needs: {rgw.missing()}")
     sizes = [int(s) for s in args.sizes.split(",")]
