@@ -15,6 +15,9 @@ declare -A wanted=(
     [strace]=strace [fusermount3]=fuse3 [/usr/bin/time]=time
     # The SMB tests: a real Samba server on loopback, mounted with rclone (FUSE).
     [/usr/sbin/smbd]=samba [rclone]=rclone
+    # The S3 tests: Ceph's RADOS Gateway on loopback, and libfaketime to date its objects.
+    [ceph-mon]=ceph-mon [ceph-osd]=ceph-osd [radosgw]=radosgw [radosgw-admin]=ceph-common
+    [ceph]=ceph-common [faketime]=faketime
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -12,11 +12,11 @@ from contextlib import ExitStack
 from types import FrameType
 
 from registry_janitor import metrics, report
+from registry_janitor.backends import open_storage, store_missing
 from registry_janitor.config import Config
 from registry_janitor.lock import LockHeld, SweepLock
 from registry_janitor.output import Output, human_duration, setup_logging
 from registry_janitor.records import SweepStats, VerifyStats
-from registry_janitor.storage import FilesystemStorage
 from registry_janitor.summary import summary, verify_summary
 from registry_janitor.sweep import Janitor, warn_blobdescriptor
 from registry_janitor.verify import Verifier
@@ -66,26 +66,18 @@ def _describe(command: str, cfg: Config) -> str:
         f"gc engine {cfg.gc_engine}" if command != "prune" and cfg.run_gc else "",
         "DRY RUN" if cfg.dry_run else "",
     ]
-    return f"{command} started on {cfg.data_dir}: {', '.join(p for p in parts if p)}"
+    return f"{command} started on {cfg.store}: {', '.join(p for p in parts if p)}"
 
 
 def _store_missing(cfg: Config, out: Output) -> bool:
-    """True (and says why) when there is no registry store under the data directory.
+    """True (and says why) when there is no registry store to work on (backends.py).
 
-    Checked before anything is written, the lock file included: with the Storage Box not
-    mounted, the data directory is an empty directory on the root disk, and an empty store
-    must not look like a successful sweep.
+    Checked before anything is written, the lock file included.
     """
-    store_dir = cfg.repositories_dir.parent
-    if store_dir.is_dir():
+    why = store_missing(cfg)
+    if why is None:
         return False
-    out.emit(
-        "no_store",
-        f"no registry store at {store_dir}: is the storage mounted? (A registry that was never"
-        " pushed to has none yet.) Nothing done.",
-        level=logging.ERROR,
-        store=str(store_dir),
-    )
+    out.emit("no_store", why, level=logging.ERROR, store=cfg.store)
     return True
 
 
@@ -96,7 +88,7 @@ def _gc_due(cfg: Config, janitor: Janitor, out: Output) -> int:
         reason, due = "RUN_GC is false", False
     elif cfg.gc_engine == "janitor":
         reason, due = "the janitor engine collects during every sweep", False
-    elif janitor.gc_pending_file.exists():
+    elif janitor.gc_pending():
         reason, due = "a prune removed something garbage-collect has not collected yet", True
     else:
         reason, due = "nothing removed since the last garbage-collect", False
@@ -132,7 +124,13 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
         return EXIT_FAILED
     if command == "gc-due":
         return _gc_due(cfg, janitor, out)
-    out.emit("started", _describe(command, cfg), command=command, data_dir=str(cfg.data_dir))
+    out.emit(
+        "started",
+        _describe(command, cfg),
+        command=command,
+        data_dir=str(cfg.data_dir),
+        store=cfg.store,
+    )
     with ExitStack() as stack:
         if not cfg.dry_run:  # a dry run changes nothing: it neither needs nor creates the lock
             lock = _lock(command, cfg, out, janitor.stop)
@@ -165,11 +163,12 @@ def _verify(cfg: Config, out: Output, pool: ThreadPoolExecutor, stop: threading.
     interval = "never" if cfg.verify_interval is None else human_duration(cfg.verify_interval)
     out.emit(
         "started",
-        f"verify started on {cfg.data_dir}: budget {cfg.verify_budget}, blobs hashed again"
+        f"verify started on {cfg.store}: budget {cfg.verify_budget}, blobs hashed again"
         f" {interval if interval == 'never' else 'after ' + interval}"
         f"{', DRY RUN' if cfg.dry_run else ''}",
         command="verify",
         data_dir=str(cfg.data_dir),
+        store=cfg.store,
     )
     stats = VerifyStats(dry_run=cfg.dry_run)
     with ExitStack() as stack:
@@ -207,7 +206,7 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
         if command == "report":  # read-only: Ctrl-C may interrupt it anywhere
             if _store_missing(cfg, out):
                 return EXIT_FAILED
-            storage = FilesystemStorage(cfg.data_dir)
+            storage = open_storage(cfg)
             try:
                 report.run(storage, pool, out, sys.stdout)
             finally:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from registry_janitor.policy import (
     parse_duration,
     parse_tag_pattern,
 )
+from registry_janitor.s3 import S3Settings
 
 ConfigError = PolicyError
 
@@ -30,6 +32,14 @@ ConfigError = PolicyError
 # on a slow link, and the benchmarks on a 2 ms filesystem model gain nothing beyond 8.
 MAX_CONCURRENCY = 10
 GC_ENGINES = ("janitor", "registry")
+STORAGES = ("filesystem", "s3")
+
+# S3 credentials: only from the environment or from files, never from flags (a process's
+# arguments are visible to every user of the host). The registry's own variables are read
+# too, so one env file can serve the registry and the janitor.
+S3_ACCESS_KEY_ENV = ("JANITOR_S3_ACCESS_KEY", "REGISTRY_STORAGE_S3_ACCESSKEY")
+S3_SECRET_KEY_ENV = ("JANITOR_S3_SECRET_KEY", "REGISTRY_STORAGE_S3_SECRETKEY")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
@@ -117,6 +127,53 @@ SETTINGS: dict[str, Setting] = {
             "30d",
             "verify: hash a verified blob again after this long, with budget left over from"
             " blobs never verified (never: only new blobs)",
+        ),
+        Setting(
+            "JANITOR_STORAGE",
+            "--storage",
+            "filesystem",
+            "filesystem: the store under the data directory; s3: in a bucket (the registry's"
+            " s3 driver; needs boto3)",
+        ),
+        Setting("JANITOR_S3_BUCKET", "--s3-bucket", "", "bucket (storage s3)"),
+        Setting(
+            "JANITOR_S3_ENDPOINT",
+            "--s3-endpoint",
+            "",
+            "endpoint URL, e.g. https://fsn1.your-objectstorage.com (empty: AWS)",
+        ),
+        Setting("JANITOR_S3_REGION", "--s3-region", "us-east-1", "region (signs the requests)"),
+        Setting(
+            "JANITOR_S3_ROOT_DIRECTORY",
+            "--s3-root-directory",
+            "",
+            "key prefix of the store: the registry's storage.s3.rootdirectory",
+        ),
+        Setting(
+            "JANITOR_S3_PATH_STYLE",
+            "--s3-path-style",
+            "true",
+            "path-style requests (endpoint/bucket/key), as the registry 2.8 makes them",
+            boolean=True,
+        ),
+        Setting(
+            "JANITOR_S3_VERIFY_TLS",
+            "--s3-verify-tls",
+            "true",
+            "verify the endpoint's TLS certificate (AWS_CA_BUNDLE names extra CAs)",
+            boolean=True,
+        ),
+        Setting(
+            "JANITOR_S3_ACCESS_KEY_FILE",
+            "--s3-access-key-file",
+            "",
+            "file holding the access key (or env JANITOR_S3_ACCESS_KEY)",
+        ),
+        Setting(
+            "JANITOR_S3_SECRET_KEY_FILE",
+            "--s3-secret-key-file",
+            "",
+            "file holding the secret key (or env JANITOR_S3_SECRET_KEY; never a flag)",
         ),
     )
 }
@@ -215,6 +272,12 @@ class Config:
     revision_grace: int = 3600
     verify_budget: Budget = Budget(seconds=600)
     verify_interval: int | None = 30 * 86400
+    s3: S3Settings | None = None  # set: the store is in a bucket, not under data_dir
+
+    @property
+    def store(self) -> str:
+        """Where the store is, for messages."""
+        return self.s3.describe() if self.s3 is not None else str(self.data_dir)
 
     @property
     def repositories_dir(self) -> Path:
@@ -276,8 +339,18 @@ def load(
     min_age = parse_duration(name("keep_min_age"), raw["keep_min_age"])
     protect = parse_tag_pattern(name("protect_tags"), raw["protect_tags"])
 
+    storage = raw["storage"].strip().lower()
+    if storage not in STORAGES:
+        raise ConfigError(
+            name("storage"), f'must be one of {", ".join(STORAGES)}, got "{raw["storage"]}"'
+        )
+    s3 = (
+        _s3_settings(raw, b, name, env=os.environ if env is None else env)
+        if storage == "s3"
+        else None
+    )
     data_dir = Path(raw["data_dir"])
-    if not data_dir.is_dir():
+    if s3 is None and not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
     registry_config = Path(raw["registry_config"])
     gc_will_run = (command == "gc" or (command == "sweep" and b["run_gc"])) and raw[
@@ -297,7 +370,12 @@ def load(
         raise ConfigError(
             name("metrics_file"), f'directory does not exist: "{metrics_file.parent}"'
         )
-    lock_file = Path(raw["lock_file"]) if raw["lock_file"] else data_dir / ".registry-janitor.lock"
+    if raw["lock_file"]:
+        lock_file = Path(raw["lock_file"])
+    elif s3 is not None:  # a lock on this host: one janitor host per bucket (see README)
+        lock_file = Path(tempfile.gettempdir()) / f"registry-janitor-{s3.bucket}.lock"
+    else:
+        lock_file = data_dir / ".registry-janitor.lock"
     if not lock_file.parent.is_dir():
         raise ConfigError(name("lock_file"), f'directory does not exist: "{lock_file.parent}"')
 
@@ -344,4 +422,71 @@ def load(
         revision_grace=revision_grace,
         verify_budget=verify_budget,
         verify_interval=verify_interval,
+        s3=s3,
+    )
+
+
+def _secret(
+    setting_file: str, path: str, names: tuple[str, ...], env: Mapping[str, str]
+) -> tuple[str, str]:
+    """(value, where it came from) of a credential: the file if one is named, else the first
+    environment variable set. The value is never part of an error message."""
+    if path:
+        try:
+            return Path(path).read_text().strip(), setting_file
+        except OSError as exc:
+            raise ConfigError(
+                setting_file, f'cannot read "{path}": {exc.strerror or exc}'
+            ) from None
+    for var in names:
+        if env.get(var, "").strip():
+            return env[var].strip(), var
+    return "", ""
+
+
+def _s3_settings(
+    raw: Mapping[str, str],
+    b: Mapping[str, bool],
+    name: Callable[[str], str],
+    *,
+    env: Mapping[str, str],
+) -> S3Settings:
+    bucket = raw["s3_bucket"].strip()
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(
+            name("s3_bucket"),
+            f'must name a bucket (3-63 characters a-z, 0-9, "." and "-"), got "{bucket}"'
+            + (" (JANITOR_STORAGE=s3 needs it)" if not bucket else ""),
+        )
+    endpoint = raw["s3_endpoint"].strip()
+    if endpoint and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", endpoint):
+        raise ConfigError(
+            name("s3_endpoint"), f'must be an http:// or https:// URL, got "{endpoint}"'
+        )
+    region = raw["s3_region"].strip()
+    if not re.fullmatch(r"[a-z0-9-]+", region):
+        raise ConfigError(name("s3_region"), f'must be a region name like fsn1, got "{region}"')
+    access, access_from = _secret(
+        name("s3_access_key_file"), raw["s3_access_key_file"], S3_ACCESS_KEY_ENV, env
+    )
+    secret, secret_from = _secret(
+        name("s3_secret_key_file"), raw["s3_secret_key_file"], S3_SECRET_KEY_ENV, env
+    )
+    if bool(access) != bool(secret):
+        have, missing = (access_from, "secret key") if access else (secret_from, "access key")
+        raise ConfigError(
+            have,
+            f"the {missing} is missing: set both (JANITOR_S3_ACCESS_KEY and"
+            " JANITOR_S3_SECRET_KEY, or their _FILE variants) or neither (boto3's own"
+            " credential chain)",
+        )
+    return S3Settings(
+        bucket=bucket,
+        endpoint=endpoint.rstrip("/"),
+        region=region,
+        root_directory=raw["s3_root_directory"].strip().strip("/"),
+        path_style=b["s3_path_style"],
+        verify_tls=b["s3_verify_tls"],
+        access_key=access,
+        secret_key=secret,
     )

@@ -6,7 +6,9 @@
   neither the tag in `tags/list` nor the manifest. The trash copy is deleted afterwards; what
   cannot be deleted yet (SMB deletes a file only when its last handle closes) stays in the
   trash for the next run. Where a rename is impossible, the `link` file goes first (the tag or
-  manifest stops resolving in one step), then the directory.
+  manifest stops resolving in one step), then the directory. An object store has no rename
+  at all: there the link goes first, then the objects listed below the directory just before
+  (s3.py says why each step leaves the registry consistent).
 - Repository: re-listed right before; its `_layers` is *held* (see hold.py) so a push landing
   meanwhile gets its layer links back, then `_manifests` is removed directory by directory
   with rmdir, which fails on anything a push wrote meanwhile, then an empty `_uploads`, then
@@ -64,6 +66,8 @@ def _changed(storage: Storage, link: str, seen: float | None) -> bool:
 def to_trash(storage: Storage, path: str, link: str | None = None) -> bool:
     """Take `path` out of the registry's view in one rename, then delete it. False when it
     was already gone."""
+    if not storage.renames:
+        return delete_in_order(storage, path, link)
     target = f"{TRASH_DIR}/{uuid.uuid4().hex}"
     try:
         storage.move(path, target)
@@ -77,6 +81,24 @@ def to_trash(storage: Storage, path: str, link: str | None = None) -> bool:
         storage.delete(path)
         return True
     empty_entry(storage, target)
+    return True
+
+
+def delete_in_order(storage: Storage, path: str, link: str | None) -> bool:
+    """Without rename: `link` first (the tag or manifest stops resolving in one step), then
+    every other file below `path` as listed before the first delete, in batches. Files
+    written below `path` after that listing stay. False when nothing was there."""
+    files = [f"{path}/{name}" for name, _ in storage.walk(path)]
+    if not files:
+        return False
+    if link is not None and link in files:
+        failed = storage.delete_many([link])
+        if failed:
+            raise failed[link]
+        files.remove(link)
+    failed = storage.delete_many(files)
+    if failed:
+        raise next(iter(failed.values()))
     return True
 
 

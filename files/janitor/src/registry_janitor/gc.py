@@ -5,8 +5,9 @@
    manifest read once. If any of them cannot be read, no blob is deleted in this run.
 2. Candidates: blobs not marked whose `data` is older than the grace period (GC_GRACE). A
    blob uploaded for a manifest not pushed yet is young; so is one a push is writing now.
-3. Hold: each candidate is renamed out of the registry's tree (hold.py); from then on the
-   registry answers 404 for it and a client uploads it again.
+3. Hold: each candidate is renamed out of the registry's tree (hold.py; on an object store
+   copied out, then deleted); from then on the registry answers 404 for it and a client
+   uploads it again.
 4. Settle (GC_SETTLE): a manifest PUT that checked its blobs before they were held finishes
    and links its revision.
 5. Re-check: revisions linked now that were not roots of the mark are read (with what they
@@ -26,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,18 +133,33 @@ class Collector:
         if not result.complete:
             return result
         prefixes = [p for p in store.list_names(self.storage, BLOBS) if len(p) == 2]
-        listed = store.pmap(
-            self.pool, lambda p: store.list_names(self.storage, f"{BLOBS}/{p}"), prefixes
-        )
-        unmarked = [
-            f"sha256:{h}"
-            for names in listed
-            for h in names
-            if store.HEX.fullmatch(h) and f"sha256:{h}" not in reach.marked
-        ]
-        for digest, st in zip(
-            unmarked, store.pmap_batched(self.pool, self._stat_data, unmarked), strict=True
-        ):
+        if self.storage.listing_is_cheap:
+            # An object store lists every blob with its size and mtime: no stat per blob,
+            # except for those the listing shows young: a blob the janitor put back carries
+            # its older mtime in metadata that only a stat returns (s3.py).
+            listed: dict[str, Stat | str | None] = dict(self._list_blobs(prefixes))
+            unmarked = sorted(d for d in listed if d not in reach.marked)
+            young = [
+                d
+                for d in unmarked
+                if isinstance(st := listed[d], Stat) and now - st.mtime < self.grace
+            ]
+            listed.update(
+                zip(young, store.pmap_batched(self.pool, self._stat_data, young), strict=True)
+            )
+            stats: Iterable[Stat | str | None] = (listed[d] for d in unmarked)
+        else:
+            names_by_prefix = store.pmap(
+                self.pool, lambda p: store.list_names(self.storage, f"{BLOBS}/{p}"), prefixes
+            )
+            unmarked = [
+                f"sha256:{h}"
+                for names in names_by_prefix
+                for h in names
+                if store.HEX.fullmatch(h) and f"sha256:{h}" not in reach.marked
+            ]
+            stats = store.pmap_batched(self.pool, self._stat_data, unmarked)
+        for digest, st in zip(unmarked, stats, strict=True):
             if isinstance(st, str):
                 result.problems.append(f"blob {digest}: {st}")
             elif st is None:
@@ -155,6 +171,25 @@ class Collector:
         if result.problems:  # a blob we cannot stat: we cannot tell its age either
             result.candidates = []
         return result
+
+    def _list_blobs(self, prefixes: list[str]) -> Iterator[tuple[str, Stat | None]]:
+        """digest -> stat of its `data` (None: no data: an upload being committed), for
+        every blob directory below the two-character prefixes, one listing per prefix."""
+        for prefix, files in zip(
+            prefixes,
+            store.pmap(self.pool, lambda p: self.storage.walk(f"{BLOBS}/{p}"), prefixes),
+            strict=True,
+        ):
+            found: dict[str, Stat | None] = {}
+            for name, st in files:
+                hexpart, _, rest = name.partition("/")
+                if not store.HEX.fullmatch(hexpart):
+                    continue
+                if rest == "data":
+                    found[hexpart] = st
+                else:
+                    found.setdefault(hexpart, None)
+            yield from ((f"sha256:{h}", st) for h, st in found.items())
 
     def _stat_data(self, digest: str) -> Stat | str | None:
         try:
@@ -205,7 +240,7 @@ class Collector:
         pause("restore", self.stop)
         t = time.monotonic()
         doomed = [c for c in held.values() if c.digest not in restored]
-        results = store.pmap_batched(self.pool, self._drop, doomed)
+        results = self._drop_all(doomed)
         for c, ok in zip(doomed, results, strict=True):
             if ok:
                 stats.blobs_deleted += 1
@@ -302,19 +337,36 @@ class Collector:
     def _restore(self, digests: set[str]) -> None:
         list(store.pmap_batched(self.pool, self.hold.restore_blob, sorted(digests)))
 
+    def _drop_all(self, doomed: list[Candidate]) -> list[bool]:
+        if self.storage.renames:
+            return list(store.pmap_batched(self.pool, self._drop, doomed))
+        # An object store: batches of 1,000 keys per request, the batches in parallel.
+        batches = [doomed[i : i + 1000] for i in range(0, len(doomed), 1000)]
+        failed: dict[str, OSError] = {}
+        for errors in store.pmap(
+            self.pool, lambda b: self.hold.drop_blobs([c.digest for c in b]), batches
+        ):
+            failed.update(errors)
+        for digest, exc in failed.items():
+            self._drop_failed(digest, exc)
+        return [c.digest not in failed for c in doomed]
+
     def _drop(self, c: Candidate) -> bool:
         try:
             self.hold.drop_blob(c.digest)
         except OSError as exc:
-            self.out.emit(
-                "error",
-                f"failed: delete held blob {c.digest}: {exc}; the next run retries",
-                level=logging.ERROR,
-                digest=c.digest,
-                error=str(exc),
-            )
+            self._drop_failed(c.digest, exc)
             return False
         return True
+
+    def _drop_failed(self, digest: str, exc: OSError) -> None:
+        self.out.emit(
+            "error",
+            f"failed: delete held blob {digest}: {exc}; the next run retries",
+            level=logging.ERROR,
+            digest=digest,
+            error=str(exc),
+        )
 
     def _record(self, c: Candidate) -> None:
         verb = "would delete" if self.dry_run else "deleted"

@@ -10,6 +10,10 @@ removed gets its layer links back.
 
 A run that dies leaves held entries behind; the next run starts by resolving them (every blob
 goes back; layers go back where the repository has manifests again), before anything else.
+
+On an object store there is no rename: a blob's `data` is copied into the hold, then the
+original is deleted, and putting it back is the reverse (see s3.py for why every step of
+that is safe).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 
 from registry_janitor.storage import REPOSITORIES, Storage
-from registry_janitor.store import HEX, blob_dir, list_names
+from registry_janitor.store import HEX, blob_data, blob_dir, list_names
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,16 @@ class Hold:
         self.storage = storage
 
     # -- blobs --------------------------------------------------------------------------
+    def _held(self, digest: str) -> str:
+        return f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}"
+
     def hold_blob(self, digest: str) -> bool:
         """Take a blob out of the registry's view; False when it is already gone."""
         try:
-            self.storage.move(blob_dir(digest), f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}")
+            if self.storage.renames:  # the directory, in one step
+                self.storage.move(blob_dir(digest), self._held(digest))
+            else:  # its one object: copied, then deleted
+                self.storage.move(blob_data(digest), f"{self._held(digest)}/data")
         except FileNotFoundError:
             return False
         return True
@@ -56,8 +66,18 @@ class Hold:
         """Put a held blob back. When the registry has the blob again (a client uploaded it
         while it was held), the held copy is the same content and is dropped. True when the
         registry has the blob afterwards."""
-        held = f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}"
+        held = self._held(digest)
         target = blob_dir(digest)
+        if not self.storage.renames:
+            held, target = f"{held}/data", blob_data(digest)
+            if not _exists(self.storage, target):
+                try:
+                    self.storage.move(held, target)
+                    return True
+                except FileNotFoundError:
+                    return _exists(self.storage, target)
+            self.drop_blob(digest)
+            return True
         if not _exists(self.storage, f"{target}/data"):
             try:
                 self.storage.move(held, target)
@@ -72,7 +92,10 @@ class Hold:
         return True
 
     def drop_blob(self, digest: str) -> None:
-        held = f"{HELD_BLOBS}/{digest.removeprefix('sha256:')}"
+        held = self._held(digest)
+        if not self.storage.renames:  # its one object
+            self.storage.delete(f"{held}/data")
+            return
         # A blob directory holds only `data`: unlink it, then remove the directory, instead
         # of opening and listing it (round trips on a network filesystem). Anything else in
         # it (or a symlink in its place) leaves rmdir failing, and the whole entry goes.
@@ -83,6 +106,13 @@ class Hold:
             pass
         except OSError:
             self.storage.delete(held)
+
+    def drop_blobs(self, digests: list[str]) -> dict[str, OSError]:
+        """Delete held blobs in batches (an object store: one request per 1,000); digest ->
+        error for those that failed. Only for storages without rename (their held blob is
+        one object); a filesystem deletes each held directory with drop_blob."""
+        paths = {f"{self._held(d)}/data": d for d in digests}
+        return {paths[p]: exc for p, exc in self.storage.delete_many(list(paths)).items()}
 
     def held_blobs(self) -> list[str]:
         return [f"sha256:{h}" for h in list_names(self.storage, HELD_BLOBS) if HEX.fullmatch(h)]

@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 
-from registry_janitor import atomic
+from registry_janitor.storage import Storage
+
+# In the data directory (the bucket's root directory on an object store).
+GC_PENDING_FILE = ".registry-janitor.gc-pending"
+_MAX = 64 << 20
 
 
-def sizes(path: Path) -> dict[str, int]:
+def exists(storage: Storage) -> bool:
+    try:
+        storage.stat(GC_PENDING_FILE)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def sizes(storage: Storage) -> dict[str, int]:
     """The sizes a mark carries; {} when there is no mark or it holds none."""
     try:
-        data = json.loads(path.read_text() or "{}")
+        raw, _ = storage.read(GC_PENDING_FILE, _MAX)
+        data = json.loads(raw.decode() or "{}")
     except (OSError, ValueError):
         return {}
     found = data.get("sizes") if isinstance(data, dict) else None
@@ -30,11 +42,11 @@ def sizes(path: Path) -> dict[str, int]:
     return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, int)}
 
 
-def mark(path: Path, new_sizes: Mapping[str, int]) -> None:
+def mark(storage: Storage, new_sizes: Mapping[str, int]) -> None:
     """Write (or extend) the mark; atomic, so a reader never sees half a file."""
-    merged = {**sizes(path), **new_sizes}
-    atomic.write_text(path, json.dumps({"sizes": merged}, separators=(",", ":")))
+    merged = {**sizes(storage), **new_sizes}
+    storage.write(GC_PENDING_FILE, json.dumps({"sizes": merged}, separators=(",", ":")).encode())
 
 
-def clear(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def clear(storage: Storage) -> None:
+    storage.delete(GC_PENDING_FILE)

@@ -1,9 +1,16 @@
 """The janitor's only access to the registry's storage: list, stat, read, write, move, delete.
 
-Paths are `/`-separated and relative to the registry's root directory (the data directory),
-as the registry's own storage drivers name them: `docker/registry/v2/blobs/sha256/ab/<hex>/data`.
-Retention, reachability and garbage collection go through this interface and never touch `os`
-directly, so another backend (an object store) needs no change to them.
+Paths are `/`-separated and relative to the registry's root directory (the data directory,
+or the `rootdirectory` prefix in a bucket), as the registry's own storage drivers name them:
+`docker/registry/v2/blobs/sha256/ab/<hex>/data`. Retention, reachability and garbage
+collection go through this interface and never touch `os` directly.
+
+Two backends: `FilesystemStorage` (here) and `S3Storage` (s3.py, the registry's s3 driver's
+layout in a bucket). They differ in two ways the callers ask about instead of guessing:
+`renames` (a directory can be renamed in one atomic step; an object store has no rename, so
+the callers delete in an order that keeps the registry consistent instead) and
+`listing_is_cheap` (listing a whole subtree with sizes and mtimes costs one request per
+1,000 files, cheaper than listing directories level by level and statting each file).
 
 Errors are the built-in ones: `FileNotFoundError` when a path does not exist (the only error
 that may mean "gone"), any other `OSError` when it cannot be read or changed.
@@ -14,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,7 +47,18 @@ class Stat:
     is_file: bool = True  # a regular file (not a symlink, device or directory)
 
 
+# What walk() returns: (path relative to the walked directory, its stat) per file.
+Files = list[tuple[str, Stat]]
+
+
 class Storage(Protocol):
+    # move() renames a file or a directory tree in one atomic step (a filesystem). False:
+    # move() copies, then deletes the source (an object store).
+    renames: bool
+    # walk() is one request per 1,000 files (an object store): cheaper than list() per
+    # directory plus stat() per file. False: walk() lists and stats every directory and file.
+    listing_is_cheap: bool
+
     def list(self, path: str) -> list[Entry]:
         """Entries of a directory; FileNotFoundError when it does not exist."""
         ...
@@ -76,7 +94,19 @@ class Storage(Protocol):
         ...
 
     def rmdir(self, path: str) -> None:
-        """Remove a directory only if it is empty (OSError otherwise)."""
+        """Remove a directory only if it is empty (OSError otherwise). On an object store,
+        where directories are only key prefixes, it removes nothing: it fails when anything
+        is below the path, and succeeds when nothing is."""
+        ...
+
+    def walk(self, path: str) -> Files:
+        """Every file below `path` (names relative to it, `/`-separated) with its stat; []
+        when there is nothing. Symlinks are listed (is_file False), never followed."""
+        ...
+
+    def delete_many(self, paths: Sequence[str]) -> dict[str, OSError]:
+        """Delete files (not directories); one already gone counts as deleted. Returns the
+        ones that failed. On an object store: batches of 1,000 keys per request."""
         ...
 
     def close(self) -> None: ...
@@ -94,6 +124,9 @@ class FilesystemStorage:
     below them are resolved from those descriptors. Symlinks are never followed below the
     root: a planted link cannot make the janitor read or delete outside the store.
     """
+
+    renames = True
+    listing_is_cheap = False
 
     def __init__(self, root: Path, anchors: tuple[str, ...] = (REPOSITORIES, BLOBS)) -> None:
         self.root = root
@@ -241,6 +274,53 @@ class FilesystemStorage:
         finally:
             if owned and fd is not None:
                 os.close(fd)
+
+    def walk(self, path: str) -> Files:
+        dir_fd, rel = self._at(path)
+        out: Files = []
+        try:
+            fd = os.open(rel, _DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return out  # a symlink or a file: nothing below it
+            raise
+        _walk(fd, "", out)
+        return out
+
+    def delete_many(self, paths: Sequence[str]) -> dict[str, OSError]:
+        failed: dict[str, OSError] = {}
+        for path in paths:
+            dir_fd, rel = self._at(path)
+            try:
+                os.unlink(rel, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed[path] = exc
+        return failed
+
+
+def _walk(fd: int, prefix: str, out: Files) -> None:
+    """Files below the directory `fd` (closed here), each lstat'ed; never follows a link."""
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for name, is_dir in entries:
+            if is_dir:
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # gone, or swapped for something else meanwhile
+                _walk(sub, f"{prefix}{name}/", out)
+                continue
+            try:
+                out.append((prefix + name, _stat(os.lstat(name, dir_fd=fd))))
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
 
 
 def _exists(storage: FilesystemStorage, path: str) -> bool:

@@ -20,19 +20,20 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from registry_janitor import executor, manifests, pending, plan, registry_gc, retention, store
+from registry_janitor.backends import open_storage
 from registry_janitor.config import Config
 from registry_janitor.gc import Collector, Mark
-from registry_janitor.hold import HELD_BLOBS, Hold
+from registry_janitor.hold import Hold
 from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
-from registry_janitor.storage import BLOBS, REPOSITORIES, FilesystemStorage, Storage
+from registry_janitor.storage import Storage
 
 log = logging.getLogger(__name__)
 
 # In the data directory: pruning removed something that the registry's garbage-collect has
 # not collected yet (registry engine only).
-GC_PENDING_FILE = ".registry-janitor.gc-pending"
+GC_PENDING_FILE = pending.GC_PENDING_FILE
 
 # An operation of `_apply`: kind "tag" (item: TagDecision), "revision" (item: digest),
 # "leftover" (item: Tag) or "repository" (item: None). A tuple, since a large store has
@@ -60,22 +61,16 @@ class Janitor:
         self.out = out
         self.pool = pool
         self.stop = stop or threading.Event()
-        # The held blobs' directory is an anchor too: garbage collection renames every
-        # candidate into it and deletes it from there.
-        self.storage = (
-            storage
-            if storage is not None
-            else FilesystemStorage(cfg.data_dir, anchors=(REPOSITORIES, BLOBS, HELD_BLOBS))
-        )
+        self.storage = storage if storage is not None else open_storage(cfg)
         self.reader = manifests.ManifestReader(self.storage, pool)
         self.hold = Hold(self.storage)
         self._stats_lock = threading.Lock()
         self._held_layers: list[str] = []  # repositories whose `_layers` this run holds
         self._gc_engine = cfg.gc_engine
 
-    @property
-    def gc_pending_file(self) -> Path:
-        return self.cfg.data_dir / GC_PENDING_FILE
+    def gc_pending(self) -> bool:
+        """The GC-pending mark is there (registry engine: a garbage-collect is owed)."""
+        return pending.exists(self.storage)
 
     # -- the whole run -----------------------------------------------------------------
     def sweep(
@@ -113,7 +108,7 @@ class Janitor:
             return True
         if self.cfg.dry_run:
             return False
-        return pruned.removed_anything or self.gc_pending_file.exists()
+        return pruned.removed_anything or self.gc_pending()
 
     def _resolve_interrupted(self) -> None:
         blobs, layers = self.hold.resolve_interrupted()
@@ -232,7 +227,7 @@ class Janitor:
         if self._gc_engine == "registry" and any(p.unlink or p.deleted for p in plans):
             # Written before the first deletion: if GC then fails, is skipped or the process
             # dies, the next sweep still runs GC although it finds nothing new to remove.
-            pending.mark(self.gc_pending_file, self._sizes_freed(plans))
+            pending.mark(self.storage, self._sizes_freed(plans))
         # Tags before revisions: a stop in between leaves revisions for the next sweep, never
         # a tag pointing at an unlinked manifest.
         failed = self._run_phase(tags, stats)
@@ -409,7 +404,7 @@ class Janitor:
         else:
             collector.collect(mark, roots, self._held_layers, stats)
             self._held_layers = []
-            pending.clear(self.gc_pending_file)
+            pending.clear(self.storage)
         stats.gc_duration = time.monotonic() - t0
         if stats.gc_ok:
             self.out.emit(
@@ -442,9 +437,9 @@ class Janitor:
         result = registry_gc.run(cfg.registry_bin, cfg.registry_config, dry_run=cfg.dry_run)
         # Sizes from this process's reads, and from the prune that wrote the mark (the
         # deployment runs `prune` and `gc` as separate processes).
-        sizes = {**pending.sizes(self.gc_pending_file), **self.reader.known_sizes()}
+        sizes = {**pending.sizes(self.storage), **self.reader.known_sizes()}
         if result.ok and not cfg.dry_run:
-            pending.clear(self.gc_pending_file)
+            pending.clear(self.storage)
         stats.gc_ran = True
         stats.gc_ok = result.ok
         stats.gc_message = result.message

@@ -8,13 +8,12 @@ import subprocess
 import sys
 from typing import Any
 
-from registry import REGISTRY_BIN, Registry
+from registry import Registry
 
 
 def run(
     registry: Registry, *args: str, command: str = "sweep", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base_env = {k: v for k, v in os.environ.items() if k not in _OURS} | TEST_DEFAULTS
     return subprocess.run(
         [
             sys.executable,
@@ -22,20 +21,22 @@ def run(
             "registry_janitor",
             command,
             "--run-once",
-            "--data-dir",
-            str(registry.root),
-            "--registry-config",
-            str(registry.config),
-            "--registry-bin",
-            REGISTRY_BIN or "registry",
+            *registry.janitor_args(),
             *args,
         ],
         capture_output=True,
         check=False,  # callers assert on the exit status
         text=True,
-        timeout=120,
-        env={**base_env, **(env or {})},
+        timeout=300,
+        env=janitor_env(registry, env),
     )
+
+
+def janitor_env(registry: Registry, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without the janitor's settings, plus what the store needs
+    (a bucket's credentials) and `env`."""
+    base_env = {k: v for k, v in os.environ.items() if k not in _OURS} | TEST_DEFAULTS
+    return registry.store.janitor_env({**base_env, **(env or {})})
 
 
 # Nothing pushes during most tests: held blobs need not wait for manifest pushes in flight.
@@ -72,4 +73,15 @@ _OURS = {
     "VERIFY_INTERVAL",
     "JANITOR_TEST_VERIFY_BATCH",
     "JANITOR_TEST_VERIFY_DELAY",
+    "JANITOR_STORAGE",
+    "JANITOR_S3_BUCKET",
+    "JANITOR_S3_ENDPOINT",
+    "JANITOR_S3_REGION",
+    "JANITOR_S3_ROOT_DIRECTORY",
+    "JANITOR_S3_PATH_STYLE",
+    "JANITOR_S3_VERIFY_TLS",
+    "JANITOR_S3_ACCESS_KEY",
+    "JANITOR_S3_SECRET_KEY",
+    "JANITOR_S3_ACCESS_KEY_FILE",
+    "JANITOR_S3_SECRET_KEY_FILE",
 }

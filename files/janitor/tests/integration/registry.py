@@ -1,10 +1,17 @@
-"""A real Distribution registry process on 127.0.0.1 and skopeo as its client."""
+"""A real Distribution registry process on 127.0.0.1 and skopeo as its client.
+
+The registry keeps its store on one of two backends (`BACKENDS`): a directory (its
+filesystem driver) or a bucket on the test session's RADOS Gateway (its s3 driver). Tests
+look at and change the store through `Registry.store` (stores.py), never through paths,
+so the same test runs on both.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,8 +21,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from stores import BLOBS, REPOSITORIES, FsStore, Store
+
 REGISTRY_BIN = shutil.which("docker-registry") or shutil.which("registry")
 SKOPEO = shutil.which("skopeo")
+BACKENDS = ("filesystem", "s3")
+_REVISION_LINK = re.compile(r".*/_manifests/revisions/sha256/[0-9a-f]{64}/link")
+_BLOB_DATA = re.compile(r"sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
 
 
 def free_port() -> int:
@@ -24,13 +36,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(path: Path, root: Path, port: int, *, blobdescriptor_cache: bool) -> None:
+def write_config(path: Path, store: Store, port: int, *, blobdescriptor_cache: bool) -> None:
     cache = "  cache:\n    blobdescriptor: inmemory\n" if blobdescriptor_cache else ""
     path.write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
         "storage:\n"
-        f"  filesystem:\n    rootdirectory: {root}\n"
+        f"{store.registry_storage_config()}"
         "  delete:\n    enabled: true\n"
         f"{cache}"
         f"http:\n  addr: 127.0.0.1:{port}\n"
@@ -38,20 +50,34 @@ def write_config(path: Path, root: Path, port: int, *, blobdescriptor_cache: boo
 
 
 class Registry:
-    """`root` puts the storage elsewhere (an SMB share); config and log stay in `workdir`."""
+    """`root` puts a filesystem store elsewhere (an SMB share), `store` names any store (a
+    bucket); config and log stay in `workdir`. `root` is the janitor's data directory: for
+    a bucket an empty local directory."""
 
     def __init__(
-        self, workdir: Path, *, blobdescriptor_cache: bool = False, root: Path | None = None
+        self,
+        workdir: Path,
+        *,
+        blobdescriptor_cache: bool = False,
+        root: Path | None = None,
+        store: Store | None = None,
     ) -> None:
         assert REGISTRY_BIN is not None
         workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
         self.root = root if root is not None else workdir / "root"
         self.root.mkdir(parents=True, exist_ok=root is not None)
+        self.store: Store = store if store is not None else FsStore(self.root)
         self.port = free_port()
         self.config = workdir / "config.yml"
         self.log = workdir / "registry.log"
-        write_config(self.config, self.root, self.port, blobdescriptor_cache=blobdescriptor_cache)
+        self.blobdescriptor_cache = blobdescriptor_cache
+        write_config(self.config, self.store, self.port, blobdescriptor_cache=blobdescriptor_cache)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.store.backend
 
     @property
     def host(self) -> str:
@@ -59,6 +85,7 @@ class Registry:
 
     @property
     def repositories(self) -> Path:
+        """Filesystem stores only (SMB tests); backend-neutral tests use `store`."""
         return self.root / "docker" / "registry" / "v2" / "repositories"
 
     @property
@@ -68,7 +95,10 @@ class Registry:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [REGISTRY_BIN or "", "serve", str(self.config)], stdout=log, stderr=log
+                [REGISTRY_BIN or "", "serve", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env=self.store.registry_env(os.environ),
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -103,17 +133,48 @@ class Registry:
     def age_revisions(self, when: float) -> None:
         """Pretend every manifest was pushed at `when`: the janitor leaves unreachable
         manifests younger than an hour alone (a multi-arch push may still be under way)."""
-        for link in self.repositories.glob("**/_manifests/revisions/sha256/*/link"):
-            os.utime(link, (when, when))
+        links = [f"{REPOSITORIES}/{p}" for p in self.store.files(REPOSITORIES)]
+        self.store.set_mtimes({p: when for p in links if _REVISION_LINK.fullmatch(p)})
 
     def age_blobs(self, when: float) -> None:
         """Pretend every blob was uploaded at `when` (past any garbage collection grace)."""
-        for data in self.blobs.glob("sha256/*/*/data"):
-            os.utime(data, (when, when))
+        data = [p for p in self.store.files(BLOBS) if _BLOB_DATA.fullmatch(p)]
+        self.store.set_mtimes({f"{BLOBS}/{p}": when for p in data})
+
+    def set_push_time(self, ref: str, when: float) -> None:
+        """The tag's current/link mtime: what the janitor reads as its push time."""
+        repo, tag = ref.rsplit(":", 1)
+        self.store.set_mtimes({tag_link(repo, tag): when})
 
     def blob_exists(self, digest: str) -> bool:
-        hexpart = digest.removeprefix("sha256:")
-        return (self.blobs / "sha256" / hexpart[:2] / hexpart / "data").is_file()
+        return self.store.is_file(blob_data(digest))
+
+    def janitor_args(self) -> list[str]:
+        """Where the janitor finds this store (and the registry config for its GC)."""
+        return [
+            "--data-dir",
+            str(self.root),
+            *self.store.janitor_args(),
+            "--registry-config",
+            str(self.config),
+            "--registry-bin",
+            REGISTRY_BIN or "registry",
+        ]
+
+
+def tag_link(repo: str, tag: str) -> str:
+    return f"{REPOSITORIES}/{repo}/_manifests/tags/{tag}/current/link"
+
+
+def revision_link(repo: str, digest: str) -> str:
+    return (
+        f"{REPOSITORIES}/{repo}/_manifests/revisions/sha256/{digest.removeprefix('sha256:')}/link"
+    )
+
+
+def blob_data(digest: str) -> str:
+    hexpart = digest.removeprefix("sha256:")
+    return f"{BLOBS}/sha256/{hexpart[:2]}/{hexpart}/data"
 
 
 def skopeo(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -156,9 +217,13 @@ def pull(
 
 @contextlib.contextmanager
 def running(
-    workdir: Path, *, blobdescriptor_cache: bool = False, root: Path | None = None
+    workdir: Path,
+    *,
+    blobdescriptor_cache: bool = False,
+    root: Path | None = None,
+    store: Store | None = None,
 ) -> Iterator[Registry]:
-    reg = Registry(workdir, blobdescriptor_cache=blobdescriptor_cache, root=root)
+    reg = Registry(workdir, blobdescriptor_cache=blobdescriptor_cache, root=root, store=store)
     reg.start()
     try:
         yield reg

@@ -26,13 +26,14 @@ from pathlib import Path
 import janitor
 import oci
 import pytest
-from registry import Registry, pull, push
+from registry import BACKENDS, Registry, pull, push, tag_link
 from registry_janitor import gc
+from stores import Store, store_factory
 
 OLD = time.time() - 30 * 86400
 
 
-def request(
+def call(
     reg: Registry, method: str, path: str, body: bytes = b"", ctype: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     url = path if path.startswith("http") else f"http://{reg.host}{path}"
@@ -47,13 +48,13 @@ def request(
 
 
 def upload(reg: Registry, repo: str, layout: oci.Layout, digest: str) -> None:
-    status, headers, _ = request(reg, "POST", f"/v2/{repo}/blobs/uploads/")
+    status, headers, _ = call(reg, "POST", f"/v2/{repo}/blobs/uploads/")
     assert status == 202, status
     location = headers["Location"]
     location = location if location.startswith("http") else f"http://{reg.host}{location}"
     data = (layout.path / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
     sep = "&" if "?" in location else "?"
-    status, _, body = request(
+    status, _, body = call(
         reg, "PUT", f"{location}{sep}digest={digest}", data, "application/octet-stream"
     )
     assert status == 201, (status, body)
@@ -65,17 +66,19 @@ def push_manifest(
     raw = (
         layout.path / "blobs" / "sha256" / manifest["digest"].removeprefix("sha256:")
     ).read_bytes()
-    status, _, body = request(reg, "PUT", f"/v2/{repo}/manifests/{tag}", raw, manifest["mediaType"])
+    status, _, body = call(reg, "PUT", f"/v2/{repo}/manifests/{tag}", raw, manifest["mediaType"])
     return status, body
 
 
-@pytest.fixture(scope="module")
-def template(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, oci.Layout, dict[str, oci.Descriptor]]:
+Template = tuple[Registry, oci.Layout, dict[str, oci.Descriptor]]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def template(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Template:
     """r:old (base + layer A) and r:new (base + layer B), everything 30 days old; KEEP_LAST_N=1
     keeps r:new, so r:old's manifest, config and layer A are collection candidates."""
-    work = tmp_path_factory.mktemp("race")
+    backend = str(request.param)
+    work = tmp_path_factory.mktemp(f"race-{backend}")
     layout = oci.Layout(work / "layout")
     base = layout.layer({"base": b"base"})
     layer_a = layout.layer({"a.bin": os.urandom(30_000)})
@@ -83,7 +86,7 @@ def template(
     new = layout.image([base, layout.layer({"b.bin": os.urandom(30_000)})], label="new")
     # What the client pushes during the sweep: layer A again under a fresh config.
     racing = layout.image([base, layer_a], label="racing")
-    reg = Registry(work / "registry")
+    reg = Registry(work / "registry", store=store_factory(backend, request)("race"))
     reg.start()
     try:
         for tag, desc in (("old", old), ("new", new)):
@@ -91,27 +94,26 @@ def template(
             push(layout.path, tag, reg, f"r:{tag}")
     finally:
         reg.stop()
-    for path in [*reg.repositories.glob("**/link"), *reg.blobs.glob("sha256/*/*/data")]:
-        os.utime(path, (OLD, OLD))
-    new_link = reg.repositories / "r" / "_manifests" / "tags" / "new" / "current" / "link"
-    os.utime(new_link, (OLD + 10, OLD + 10))
-    return reg.root, layout, {"layer_a": layer_a, "racing": racing, "new": new}
+    reg.store.age_all(OLD, {tag_link("r", "new"): OLD + 10})
+    return reg, layout, {"layer_a": layer_a, "racing": racing, "new": new}
+
+
+def copy_of(store: Store, request: pytest.FixtureRequest) -> Store | None:
+    """A new store of the same backend (None: the registry's own directory)."""
+    return store_factory(store.backend, request)("race")
 
 
 @pytest.mark.parametrize("phase", gc.PHASES)
 def test_head_then_put_across_each_phase(
-    template: tuple[Path, oci.Layout, dict[str, oci.Descriptor]], tmp_path: Path, phase: str
+    template: Template, tmp_path: Path, phase: str, request: pytest.FixtureRequest
 ) -> None:
-    root, layout, d = template
-    reg = Registry(tmp_path / "registry")
-    import shutil
-
-    shutil.rmtree(reg.root)
-    shutil.copytree(root, reg.root, symlinks=True)
+    original, layout, d = template
+    reg = Registry(tmp_path / "registry", store=copy_of(original.store, request))
+    original.store.copy_into(reg.store)
     reg.start()
     try:
         layer_a, racing = d["layer_a"]["digest"], d["racing"]
-        status, _, _ = request(reg, "HEAD", f"/v2/r/blobs/{layer_a}")
+        status, _, _ = call(reg, "HEAD", f"/v2/r/blobs/{layer_a}")
         assert status == 200  # the client will not upload layer A
         config_digest = json.loads(
             (layout.path / "blobs" / "sha256" / racing["digest"][7:]).read_text()
@@ -121,11 +123,10 @@ def test_head_then_put_across_each_phase(
         for other in gc.PHASES:
             if other != phase:
                 (pauses / f"{other}.go").touch()
-        env = {k: v for k, v in os.environ.items() if k not in janitor._OURS}
-        env[gc.PAUSE_DIR_ENV] = str(pauses)
+        env = janitor.janitor_env(reg, {gc.PAUSE_DIR_ENV: str(pauses)})
         cmd = [
             sys.executable, "-m", "registry_janitor", "sweep", "--run-once", "--json",
-            "--data-dir", str(reg.root), "--keep-last-n", "1", "--gc-settle", "2",
+            *reg.janitor_args(), "--keep-last-n", "1", "--gc-settle", "2",
         ]  # fmt: skip
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -136,14 +137,13 @@ def test_head_then_put_across_each_phase(
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, f"never reached {phase}"
                 time.sleep(0.02)
-            held = reg.root / ".registry-janitor-held" / "blobs" / layer_a[7:]
-            was_held = held.exists()
+            was_held = reg.store.is_dir(f".registry-janitor-held/blobs/{layer_a[7:]}")
             upload(reg, "r", layout, config_digest)  # new content: uploaded, young
             status, body = push_manifest(reg, "r", "racing", layout, racing)
             first = status
             if status != 201:  # refused cleanly: the client's retry uploads the layer
                 assert status == 400 and b"BLOB_UNKNOWN" in body, (status, body)
-                assert request(reg, "HEAD", f"/v2/r/blobs/{layer_a}")[0] == 404
+                assert call(reg, "HEAD", f"/v2/r/blobs/{layer_a}")[0] == 404
                 upload(reg, "r", layout, layer_a)
                 status, body = push_manifest(reg, "r", "racing", layout, racing)
                 assert status == 201, (status, body)
@@ -165,6 +165,6 @@ def test_head_then_put_across_each_phase(
         for ref in ("r:racing", "r:new"):
             result = pull(reg, ref, tmp_path / f"pulled-{ref}")
             assert result.returncode == 0, f"{phase}: {ref}: {result.stderr}"
-        assert not list((reg.root / ".registry-janitor-held").glob("*/*"))
+        assert reg.store.files(".registry-janitor-held") == {}
     finally:
         reg.stop()

@@ -12,12 +12,14 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import janitor
 import oci
 import pytest
-from registry import pull, push, running
+from registry import pull, push, running, tag_link
+from stores import Store
 
 OLD = time.time() - 30 * 86400
 
@@ -33,7 +35,7 @@ def _samples(path: Path) -> dict[str, float]:
 
 @pytest.mark.parametrize("engine", ["registry", "janitor"])
 def test_gc_after_a_separate_prune_reports_the_bytes_and_counts_one_sweep(
-    tmp_path: Path, engine: str
+    tmp_path: Path, engine: str, new_store: Callable[[str], Store | None]
 ) -> None:
     # Janitor engine: no grace, no settle (nothing pushes meanwhile); everything was pushed now.
     flags = ["--gc-engine", engine]
@@ -46,12 +48,11 @@ def test_gc_after_a_separate_prune_reports_the_bytes_and_counts_one_sweep(
         for i in range(1, 4)
     }
     metrics = tmp_path / "janitor.prom"
-    with running(tmp_path / "registry") as reg:
-        for i, (tag, desc) in enumerate(images.items()):
+    with running(tmp_path / "registry", store=new_store("prune-then-gc")) as reg:
+        for tag, desc in images.items():
             layout.tag(tag, desc)
             push(layout.path, tag, reg, f"app:{tag}")
-            link = reg.repositories / "app" / "_manifests" / "tags" / tag / "current" / "link"
-            os.utime(link, (OLD + i, OLD + i))
+        reg.store.set_mtimes({tag_link("app", tag): OLD + i for i, tag in enumerate(images)})
         reg.age_revisions(OLD)
         gone = oci.blobs_of(layout, images["t1"]) - oci.blobs_of(layout, images["t2"])
         gone_bytes = sum(
@@ -63,10 +64,10 @@ def test_gc_after_a_separate_prune_reports_the_bytes_and_counts_one_sweep(
             reg, "--keep-last-n", "2", "--metrics-file", str(metrics), *flags, command="prune"
         )
         assert pruned.returncode == 0, pruned.stderr
-        mark = reg.root / ".registry-janitor.gc-pending"
+        mark = ".registry-janitor.gc-pending"
         if engine == "registry":
             assert "garbage-collect next" in pruned.stderr
-            carried = json.loads(mark.read_text())["sizes"]
+            carried = json.loads(reg.store.read(mark))["sizes"]
             assert gone <= set(carried), "the mark must carry the sizes of what GC will free"
         assert all(reg.blob_exists(d) for d in gone)  # nothing collected yet
 
@@ -78,7 +79,7 @@ def test_gc_after_a_separate_prune_reports_the_bytes_and_counts_one_sweep(
         assert "unknown size" not in last
         assert int(m[1]) == len(gone)
         assert abs(float(m[2]) * 1024 - gone_bytes) <= 0.05 * 1024 + 0.01 * gone_bytes
-        assert not mark.exists()
+        assert not reg.store.is_file(mark)
         assert not any(reg.blob_exists(d) for d in gone)
         for tag in ("t2", "t3"):
             result = pull(reg, f"app:{tag}", tmp_path / f"pulled-{tag}")

@@ -7,9 +7,8 @@ runs a dry run and then the real sweep, and each test checks one outcome.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
-import os
 import re
 import subprocess
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 import janitor
 import oci
 import pytest
-from registry import Registry, pull, push, running
+from registry import BACKENDS, Registry, pull, push, running, tag_link
+from stores import REPOSITORIES, store_factory
 
 OLD = time.time() - 30 * 86400
 
@@ -43,35 +43,21 @@ class Scenario:
     metrics: Path | None = None
 
 
-def tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for n in sorted(dirnames + filenames):
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            h.update(f"{p} {st.st_mode:o} {st.st_size} {st.st_mtime_ns}\n".encode())
-            if n == "link" or n == "data":
-                h.update(Path(p).read_bytes())
-    return h.hexdigest()
-
-
-def set_push_time(registry: Registry, ref: str, when: float) -> None:
-    repo, tag = ref.rsplit(":", 1)
-    link = registry.repositories / repo / "_manifests" / "tags" / tag / "current" / "link"
-    os.utime(link, (when, when))
-
-
-@pytest.fixture(scope="module", params=["janitor", "registry"])
+@pytest.fixture(
+    scope="module",
+    params=list(itertools.product(["janitor", "registry"], BACKENDS)),
+    ids=lambda p: "-".join(p),
+)
 def scenario(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Scenario]:
-    engine = str(request.param)
-    work = tmp_path_factory.mktemp(f"sweep-{engine}")
+    engine, backend = request.param
+    work = tmp_path_factory.mktemp(f"sweep-{engine}-{backend}")
     layout = oci.Layout(work / "layout")
     base = layout.layer({"etc/os-release": b"ID=test\n"})  # shared by every image
+    store = store_factory(backend, request)(f"sweep-{engine}")
 
-    with running(work / "registry") as reg:
+    with running(work / "registry", store=store) as reg:
         sc = Scenario(reg, work, engine=engine)
         pushes: list[tuple[str, str, oci.Descriptor, bool, float]] = []  # oci tag, ref, ...
 
@@ -127,12 +113,11 @@ def scenario(
             push(layout.path, name, reg, ref, multi=multi)
         layout.tag("a-latest-2", second_latest)
         push(layout.path, "a-latest-2", reg, "a:latest")
-        for _, ref, _, _, when in pushes:
-            set_push_time(reg, ref, when)
-        set_push_time(reg, "a:latest", OLD + 6)
-        reg.age_revisions(OLD)
-        reg.age_blobs(OLD)  # older than the garbage collection grace period
-        os.utime(reg.repositories / "scratch" / "tmp" / "_layers" / "sha256", (OLD, OLD))
+        # Everything old (revisions past their grace, blobs past garbage collection's,
+        # scratch/tmp's `_layers` quiet), then each tag at its own push time.
+        push_times = {tag_link(*ref.rsplit(":", 1)): when for _, ref, _, _, when in pushes}
+        push_times[tag_link("a", "latest")] = OLD + 6
+        reg.store.age_all(OLD, push_times)
 
         sc.kept = {
             "team/app:stable": app[1],
@@ -183,9 +168,9 @@ def scenario(
             "0",
         ]
         sc.args = args
-        sc.tree_before_dry_run = tree_hash(reg.root)
+        sc.tree_before_dry_run = reg.store.fingerprint()
         sc.dry_run = janitor.run(reg, *args, "--dry-run", "--json")
-        sc.tree_after_dry_run = tree_hash(reg.root)
+        sc.tree_after_dry_run = reg.store.fingerprint()
         sc.metrics = work / "janitor.prom"
         sc.sweep = janitor.run(reg, *args, "--metrics-file", str(sc.metrics))
         yield sc
@@ -281,8 +266,8 @@ def test_unique_blobs_of_pruned_images_are_gone_and_shared_blobs_stay(scenario: 
 
 
 def test_overwritten_latest_is_reclaimed(scenario: Scenario) -> None:
-    revisions = scenario.registry.repositories / "a" / "_manifests" / "revisions" / "sha256"
-    assert {p.name for p in revisions.iterdir()} == {
+    revisions = f"{REPOSITORIES}/a/_manifests/revisions/sha256"
+    assert scenario.registry.store.listdir(revisions) == {
         scenario.kept["a:latest"]["digest"][7:],
         scenario.kept["a:v1"]["digest"][7:],
     }
@@ -315,12 +300,12 @@ def test_second_concurrent_sweep_is_refused(scenario: Scenario) -> None:
     from registry_janitor.lock import SweepLock
 
     reg = scenario.registry
-    with SweepLock(reg.root / ".registry-janitor.lock"):
-        before = tree_hash(reg.root)  # the holder has written its name into the lock file
+    with SweepLock(reg.store.lock_file):
+        before = reg.store.fingerprint()  # the holder has written its name into the lock file
         result = janitor.run(reg, "--keep-last-n", "0")
     assert result.returncode == 1
-    assert f"another sweep holds the lock {reg.root / '.registry-janitor.lock'}" in result.stderr
-    assert tree_hash(reg.root) == before
+    assert f"another sweep holds the lock {reg.store.lock_file}" in result.stderr
+    assert reg.store.fingerprint() == before
 
 
 def test_report_lists_every_repository(scenario: Scenario) -> None:

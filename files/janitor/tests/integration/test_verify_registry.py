@@ -1,6 +1,7 @@
 """`verify` against a real registry process: blobs damaged on disk on purpose, found, moved
 out of the registry's tree, reported with the tags they break, and healed by pushing the
-images again (skopeo), after which they pull completely.
+images again (skopeo), after which they pull completely. The first two run on both store
+backends (a directory, and a bucket on the session's RADOS Gateway).
 """
 
 from __future__ import annotations
@@ -8,21 +9,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import janitor
 import oci
-from registry import Registry, pull, push, running
+from registry import Registry, blob_data, pull, push, running
 from registry_janitor import metrics
 from registry_janitor.quarantine import QUARANTINE_DIR
+from stores import BLOBS, Store
 
 OLD = time.time() - 30 * 86400
 
 
-def data(reg: Registry, digest: str) -> Path:
-    h = digest.removeprefix("sha256:")
-    return reg.blobs / "sha256" / h[:2] / h / "data"
+def stored_blobs(reg: Registry) -> dict[str, int]:
+    """Every blob's data in the store -> its size."""
+    return {p: f.size for p, f in reg.store.files(BLOBS).items() if p.endswith("/data")}
 
 
 def build(layout: oci.Layout) -> dict[str, oci.Descriptor]:
@@ -65,26 +68,30 @@ def verify(reg: Registry, *args: str) -> Any:
     return janitor.run(reg, "--json", *args, command="verify")
 
 
-def test_a_clean_store_has_no_findings(tmp_path: Path) -> None:
+def test_a_clean_store_has_no_findings(
+    tmp_path: Path, new_store: Callable[[str], Store | None]
+) -> None:
     layout = oci.Layout(tmp_path / "layout")
     images = build(layout)
-    with running(tmp_path / "registry") as reg:
+    with running(tmp_path / "registry", store=new_store("verify-clean")) as reg:
         push_all(reg, layout, list(images))
         prom = tmp_path / "registry_janitor.prom"
         result = verify(reg, "--metrics-file", str(prom))
         assert result.returncode == 0, result.stderr + result.stdout
         [summary] = events(result, "summary")
-        stored = list(reg.blobs.glob("sha256/*/*/data"))
+        stored = stored_blobs(reg)
         assert summary["blobs_verified"] == len(stored) > 10
-        assert summary["bytes_verified"] == sum(p.stat().st_size for p in stored)
+        assert summary["bytes_verified"] == sum(stored.values())
         assert summary["corrupt"] == [] and summary["broken_tags"] == []
-        assert not (reg.root / QUARANTINE_DIR).exists()
+        assert not reg.store.listdir(QUARANTINE_DIR)
         values = metrics.read_previous(metrics.verify_file(prom))
         assert values[metrics.P + "blobs_verified_total"] == len(stored)
         assert values[metrics.P + "verify_last_run_success"] == 1
 
 
-def test_damaged_blobs_are_quarantined_named_and_healed_by_a_push(tmp_path: Path) -> None:
+def test_damaged_blobs_are_quarantined_named_and_healed_by_a_push(
+    tmp_path: Path, new_store: Callable[[str], Store | None]
+) -> None:
     layout = oci.Layout(tmp_path / "layout")
     images = build(layout)
 
@@ -102,12 +109,12 @@ def test_damaged_blobs_are_quarantined_named_and_healed_by_a_push(tmp_path: Path
     }
     expected = {layer_v1: ["app:v1"], config_v2: ["app:v2"], arm64: ["multi:m1"]}
 
-    with running(tmp_path / "registry") as reg:
+    with running(tmp_path / "registry", store=new_store("verify-damaged")) as reg:
         push_all(reg, layout, list(images))
         reg.age_blobs(OLD)
         reg.age_revisions(OLD)
         for digest, change in damage.items():
-            data(reg, digest).write_bytes(change(data(reg, digest).read_bytes()))
+            reg.store.write(blob_data(digest), change(reg.store.read(blob_data(digest))))
 
         # As stored, the damage shows only at the client's digest check.
         bad = pull_ref(reg, "app:v1", tmp_path / "pull0")
@@ -118,10 +125,11 @@ def test_damaged_blobs_are_quarantined_named_and_healed_by_a_push(tmp_path: Path
         corrupt = {e["digest"]: e["tags"] for e in events(found, "blob_corrupt")}
         assert corrupt == expected
         for digest in damage:
-            assert not data(reg, digest).exists()
-            [entry] = (reg.root / QUARANTINE_DIR).glob(f"{digest[7:]}-*")
-            report = json.loads((entry / "report.json").read_text())
-            assert list(report["tags"]) == expected[digest] and (entry / "data").is_file()
+            assert not reg.store.is_file(blob_data(digest))
+            [entry] = [e for e in reg.store.listdir(QUARANTINE_DIR) if e.startswith(digest[7:])]
+            report = json.loads(reg.store.read(f"{QUARANTINE_DIR}/{entry}/report.json"))
+            assert list(report["tags"]) == expected[digest]
+            assert reg.store.is_file(f"{QUARANTINE_DIR}/{entry}/data")
         [summary] = events(found, "summary")
         assert sorted(summary["broken_tags"]) == ["app:v1", "app:v2", "multi:m1"]
 

@@ -17,17 +17,17 @@ grace for unreachable revisions and quiet `_layers`), then each tag gets its own
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import janitor
 import oci
-from registry import REGISTRY_BIN, Registry, push, running
+from registry import Registry, blob_data, push, revision_link, running, tag_link
+from stores import REPOSITORIES, FsStore, Store
 
 OLD = time.time() - 30 * 86400
 KEEP_LAST_N = 2
@@ -35,10 +35,14 @@ PROTECT = r"latest|release-\d+"
 SWEEP_ARGS_BASE = ["--keep-last-n", str(KEEP_LAST_N), "--protect-tags", PROTECT]
 
 
+NewStore = Callable[[str], Store | None]  # hint -> an empty store (None: a directory)
+
+
 @dataclass
 class Template:
-    root: Path  # the registry's rootdirectory, never changed after the build
+    store: Store  # the registry's store, never changed after the build
     policy: Path
+    new_store: NewStore
     kept: dict[str, str] = field(default_factory=dict)  # "repo:tag" -> manifest digest
     multi: set[str] = field(default_factory=set)  # kept refs that are indexes
     pruned: set[str] = field(default_factory=set)
@@ -55,10 +59,14 @@ class Template:
             out.setdefault(repo, set()).add(tag)
         return out
 
+    @property
+    def backend(self) -> str:
+        return self.store.backend
+
     def copy_to(self, workdir: Path) -> Registry:
-        """A registry (not started) whose root is a fresh copy of the store, mtimes kept."""
-        reg = Registry(workdir)
-        shutil.copytree(self.root, reg.root, symlinks=True, dirs_exist_ok=True)
+        """A registry (not started) on a fresh copy of the store, mtimes kept."""
+        reg = Registry(workdir, store=self.new_store("copy"))
+        self.store.copy_into(reg.store)
         return reg
 
 
@@ -66,17 +74,15 @@ def janitor_command(reg: Registry, command: str, *args: str, run_once: bool = Tr
     """The janitor as a subprocess to Popen (janitor.run waits for it; these get killed)."""
     return [
         sys.executable, "-m", "registry_janitor", command,
-        *(["--run-once"] if run_once else []),
-        "--data-dir", str(reg.root), "--registry-config", str(reg.config),
-        "--registry-bin", REGISTRY_BIN or "registry", *args,
+        *(["--run-once"] if run_once else []), *reg.janitor_args(), *args,
     ]  # fmt: skip
 
 
-def janitor_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in janitor._OURS} | janitor.TEST_DEFAULTS
+def janitor_env(reg: Registry) -> dict[str, str]:
+    return janitor.janitor_env(reg)
 
 
-def build(work: Path) -> Template:
+def build(work: Path, new_store: NewStore) -> Template:
     layout = oci.Layout(work / "layout")
     base = layout.layer({"etc/os-release": b"ID=reliability\n"})
     pushes: list[tuple[str, str, oci.Descriptor, bool]] = []  # oci name, ref, desc, multi
@@ -124,14 +130,14 @@ def build(work: Path) -> Template:
     add("scratch/tmp:t1", image("scratch1"), OLD + 501)
 
     reg_dir = work / "template"
-    with running(reg_dir) as reg:
+    with running(reg_dir, store=new_store("template")) as reg:
         for name, ref, desc, multi in pushes:
             push(layout.path, name, reg, ref, multi=multi)
     age(reg, push_time)
 
     policy = work / "policy.toml"
     policy.write_text('[[rules]]\nmatch = "scratch/**"\nkeep_last_n = 0\n')
-    t = Template(reg.root, policy)
+    t = Template(reg.store, policy, new_store)
     t.kept = {
         "ci/app:latest": app[5]["digest"],
         "ci/app:release-1": release["digest"],
@@ -152,89 +158,76 @@ def build(work: Path) -> Template:
 
 def age(reg: Registry, push_time: dict[str, float]) -> None:
     """Everything 30 days old, then each tag's current/link at its own push time."""
-    for dirpath, dirnames, filenames in os.walk(reg.root, topdown=False):
-        for n in filenames + dirnames:
-            os.utime(os.path.join(dirpath, n), (OLD, OLD), follow_symlinks=False)
-    for ref, when in push_time.items():
-        repo, tag = ref.rsplit(":", 1)
-        link = reg.repositories / repo / "_manifests" / "tags" / tag / "current" / "link"
-        os.utime(link, (when, when))
+    reg.store.age_all(OLD, {tag_link(*ref.rsplit(":", 1)): when for ref, when in push_time.items()})
 
 
-# -- checks of a store on disk ---------------------------------------------------------
+# -- checks of a store -----------------------------------------------------------------
 
 
-def _v2(root: Path) -> Path:
-    return root / "docker" / "registry" / "v2"
-
-
-def _blob(root: Path, digest: str) -> Path:
-    hexpart = digest.removeprefix("sha256:")
-    return _v2(root) / "blobs" / "sha256" / hexpart[:2] / hexpart / "data"
-
-
-def tag_problems(root: Path, repo: str, tag: str, expect: str | None = None) -> list[str]:
-    """What a pull of repo:tag would miss, read from disk the way the registry serves it:
-    the tag's current/link, a revision link and the blob for the manifest and every child,
-    a `_layers` link and the blob for every config and layer."""
-    rdir = _v2(root) / "repositories" / repo
-    link = rdir / "_manifests" / "tags" / tag / "current" / "link"
+def tag_problems(store: Store, repo: str, tag: str, expect: str | None = None) -> list[str]:
+    """What a pull of repo:tag would miss, read from the store the way the registry serves
+    it: the tag's current/link, a revision link and the blob for the manifest and every
+    child, a `_layers` link and the blob for every config and layer."""
     try:
-        digest = link.read_text()
+        digest = store.read_text(tag_link(repo, tag))
     except OSError as exc:
         return [f"{repo}:{tag}: no current/link ({exc.__class__.__name__})"]
     problems = []
     if expect is not None and digest != expect:
         problems.append(f"{repo}:{tag}: points at {digest}, expected {expect}")
+    layers = f"{REPOSITORIES}/{repo}/_layers/sha256"
     todo = [digest]
     while todo:
         d = todo.pop()
-        hexpart = d.removeprefix("sha256:")
-        if not (rdir / "_manifests" / "revisions" / "sha256" / hexpart / "link").is_file():
+        if not store.is_file(revision_link(repo, d)):
             problems.append(f"{repo}:{tag}: revision {d} unlinked")
         try:
-            doc = json.loads(_blob(root, d).read_bytes())
+            doc = json.loads(store.read(blob_data(d)))
         except OSError:
             problems.append(f"{repo}:{tag}: manifest blob {d} missing")
             continue
         todo += [c["digest"] for c in doc.get("manifests", [])]
         for b in ([doc["config"]] if "config" in doc else []) + doc.get("layers", []):
             bhex = b["digest"].removeprefix("sha256:")
-            if not _blob(root, b["digest"]).is_file():
+            if not store.is_file(blob_data(b["digest"])):
                 problems.append(f"{repo}:{tag}: blob {b['digest']} missing")
-            if not (rdir / "_layers" / "sha256" / bhex / "link").is_file():
+            if not store.is_file(f"{layers}/{bhex}/link"):
                 problems.append(f"{repo}:{tag}: layer link {b['digest']} missing")
     return problems
 
 
-def visible_tags(root: Path) -> dict[str, set[str]]:
-    """repo -> tag directories the registry lists in tags/list."""
+_TAG_FILE = re.compile(r"(.+)/_manifests/tags/([^/]+)/.+")
+
+
+def visible_tags(store: Store) -> dict[str, set[str]]:
+    """repo -> tags the registry lists in tags/list: tag directories (on a filesystem, empty
+    ones too), or tag prefixes with an object below (in a bucket)."""
     out: dict[str, set[str]] = {}
-    repos = _v2(root) / "repositories"
-    for tags_dir in repos.glob("**/_manifests/tags"):
-        repo = str(tags_dir.parent.parent.relative_to(repos))
-        out[repo] = {p.name for p in tags_dir.iterdir()}
+    if isinstance(store, FsStore):
+        repos = store.root / REPOSITORIES
+        for tags_dir in repos.glob("**/_manifests/tags"):
+            names = {p.name for p in tags_dir.iterdir()}
+            if names:
+                out[str(tags_dir.parent.parent.relative_to(repos))] = names
+        return out
+    for path in store.files(REPOSITORIES):
+        m = _TAG_FILE.fullmatch(path)
+        if m:
+            out.setdefault(m[1], set()).add(m[2])
     return out
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under docker/ (relative path -> link content, or '' for other files)."""
-    out = {}
-    base = root / "docker"
-    for dirpath, _, filenames in os.walk(base):
-        for n in filenames:
-            p = Path(dirpath) / n
-            out[str(p.relative_to(base))] = p.read_text() if n == "link" else ""
-    return out
+def snapshot(store: Store) -> dict[str, str]:
+    """Every file under docker/ (relative path -> a digest of its content)."""
+    return {path: f.content for path, f in store.files("docker").items()}
 
 
-def trash_entries(root: Path) -> list[str]:
+def trash_entries(store: Store) -> list[str]:
     """What the janitor's trash and hold still hold."""
     out = []
     for folder in (".registry-janitor-trash", ".registry-janitor-held/blobs",
                    ".registry-janitor-held/layers"):  # fmt: skip
-        if (root / folder).is_dir():
-            out += [f"{folder}/{name}" for name in os.listdir(root / folder)]
+        out += [f"{folder}/{name}" for name in store.listdir(folder)]
     return sorted(out)
 
 
@@ -248,16 +241,16 @@ class Reference:
     gc_seconds: float
 
 
-def check_final(root: Path, template: Template, reference: Reference) -> None:
+def check_final(store: Store, template: Template, reference: Reference) -> None:
     """After a completed sweep: no trash, no GC owed, the kept set, every kept tag whole, and
     the same files as the uninterrupted sweep left."""
-    assert trash_entries(root) == [], "trash left behind"
-    assert not (root / ".registry-janitor.gc-pending").exists(), "GC still owed"
-    assert visible_tags(root) == template.kept_tags(), (visible_tags(root), template.kept_tags())
+    assert trash_entries(store) == [], "trash left behind"
+    assert not store.is_file(".registry-janitor.gc-pending"), "GC still owed"
+    assert visible_tags(store) == template.kept_tags(), (visible_tags(store), template.kept_tags())
     for ref, digest in template.kept.items():
         repo, tag = ref.rsplit(":", 1)
-        assert tag_problems(root, repo, tag, digest) == []
-    snap = snapshot(root)
+        assert tag_problems(store, repo, tag, digest) == []
+    snap = snapshot(store)
     missing = sorted(set(reference.snapshot) - set(snap))
     extra = sorted(set(snap) - set(reference.snapshot))
     changed = sorted(k for k, v in snap.items() if reference.snapshot.get(k, v) != v)

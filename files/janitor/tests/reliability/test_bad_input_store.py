@@ -23,7 +23,7 @@ import janitor
 import oci
 import pytest
 from registry import Registry, pull, push, running
-from test_sweep_registry import tree_hash
+from stores import FsStore, S3Store, Store, store_factory
 
 POLICY_ERRORS = {
     "malformed": ("rules = [", "not valid TOML"),
@@ -56,18 +56,27 @@ def refused(result: janitor.subprocess.CompletedProcess[str], *names: str) -> No
     assert any(n in lines[0] for n in names), lines[0]
 
 
+def tree_hash(store: Store) -> str:
+    """The store and, on a filesystem, everything else in the data directory (a lock file)."""
+    if isinstance(store, FsStore):
+        return FsStore(store.root).fingerprint() + str(sorted(os.listdir(store.root)))
+    return store.fingerprint()
+
+
 @pytest.fixture(scope="module")
 def pristine(
     template: crashstore.Template, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Registry, str]]:
     """One copy of the store for every refused run; each test checks it is still unchanged."""
-    reg = template.copy_to(tmp_path_factory.mktemp("pristine"))
-    yield reg, tree_hash(reg.root)
+    reg = template.copy_to(tmp_path_factory.mktemp(f"pristine-{template.backend}"))
+    yield reg, tree_hash(reg.store)
 
 
 BOOLEANS = {"GC_DELETE_UNTAGGED", "RUN_GC"}  # as flags they take no value: --[no-]run-gc
 
 
+# Settings are checked before any storage is opened: the same on both backends.
+@pytest.mark.backends("filesystem")
 @pytest.mark.parametrize(
     ("setting", "value", "as_flag"),
     [
@@ -93,9 +102,10 @@ def test_bad_setting_touches_nothing(
         result = janitor.run(reg, env={setting: value})  # no flag: a flag would win
     # By flag, the message names the flag (or, for the policy file, the variable and the path).
     refused(result, *((flag, setting) if as_flag else (setting,)))
-    assert tree_hash(reg.root) == before
+    assert tree_hash(reg.store) == before
 
 
+@pytest.mark.backends("filesystem")
 @pytest.mark.parametrize("case", sorted(POLICY_ERRORS))
 def test_bad_policy_file_touches_nothing(
     pristine: tuple[Registry, str], tmp_path: Path, case: str
@@ -107,9 +117,10 @@ def test_bad_policy_file_touches_nothing(
     result = janitor.run(reg, *crashstore.SWEEP_ARGS_BASE, "--policy-file", str(policy))
     refused(result, key)
     assert str(policy) in result.stderr
-    assert tree_hash(reg.root) == before
+    assert tree_hash(reg.store) == before
 
 
+@pytest.mark.backends("filesystem")
 @pytest.mark.parametrize("command", ["sweep", "prune", "gc"])
 def test_unmounted_data_directory_writes_nothing(
     template: crashstore.Template, tmp_path: Path, command: str
@@ -124,6 +135,29 @@ def test_unmounted_data_directory_writes_nothing(
     assert os.listdir(reg.root) == []
 
 
+@pytest.mark.backends("s3")
+@pytest.mark.parametrize("command", ["sweep", "prune", "gc", "report"])
+def test_missing_bucket_writes_nothing(
+    template: crashstore.Template, tmp_path: Path, command: str
+) -> None:
+    """The bucket's counterpart of an unmounted Storage Box: it does not answer (here: it
+    does not exist). Exit 1 naming the bucket, and nothing written anywhere."""
+    reg = template.copy_to(tmp_path)
+    assert isinstance(reg.store, S3Store)
+    gone = f"{reg.store.bucket.name}-gone"
+    args = [a if a != reg.store.bucket.name else gone for a in reg.janitor_args()]
+    result = janitor.subprocess.run(
+        [janitor.sys.executable, "-m", "registry_janitor", command, "--run-once", *args,
+         *template.sweep_args],
+        capture_output=True, check=False, text=True, timeout=120, env=janitor.janitor_env(reg),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"the bucket does not answer (s3://{gone}/" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert gone not in {b["Name"] for b in reg.store.s3.list_buckets()["Buckets"]}
+    assert not reg.store.lock_file.with_name(f"registry-janitor-{gone}.lock").exists()
+
+
 # -- unusual but valid names --------------------------------------------------------------
 
 LONG_TAG = "v" + "1.2-3_" * 21 + "x"  # 128 characters: the most the reference grammar allows
@@ -134,12 +168,13 @@ NAMES = {
 }
 
 
-def test_unusual_valid_names(tmp_path: Path) -> None:
+def test_unusual_valid_names(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     assert len(LONG_TAG) == 128 and re.fullmatch(r"[\w][\w.-]{0,127}", LONG_TAG)
     layout = oci.Layout(tmp_path / "layout")
     base = layout.layer({"base": b"base"})
     old = time.time() - 30 * 86400
-    with running(tmp_path / "registry") as reg:
+    store = store_factory(backend, request)("names")
+    with running(tmp_path / "registry", store=store) as reg:
         expect_kept = {}
         for r, (repo, tags) in enumerate(NAMES.items()):
             for i, tag in enumerate(tags):
@@ -183,25 +218,27 @@ def sweep_with_symlinks(
     if loops:
         (reg.repositories / "ci" / "loop").symlink_to("..")  # ci/loop/ci/loop/...
         (reg.repositories / "team" / "svc" / "self").symlink_to(".")
-    outside_before = tree_hash(outside)
+    outside_before = FsStore(outside).fingerprint()
     start = time.monotonic()
     result = janitor.run(reg, *template.sweep_args, *extra)
     took = time.monotonic() - start
     print(f"exit {result.returncode} in {took:.2f} s\n{result.stderr[-3000:]}")
     assert took < 30, f"sweep took {took:.1f} s"
-    assert tree_hash(outside) == outside_before, "something outside the store changed"
+    assert FsStore(outside).fingerprint() == outside_before, "something outside the store changed"
     # The janitor's own work is complete: the kept set, whole, and nothing else listed
     # (`evil`, a symlink, is not a tag to the janitor: it neither ranks nor deletes it).
-    visible = crashstore.visible_tags(reg.root)
+    visible = crashstore.visible_tags(reg.store)
     visible["ci/app"].discard("evil")
     assert visible == template.kept_tags()
     for ref, digest in template.kept.items():
         repo, tag = ref.rsplit(":", 1)
-        assert crashstore.tag_problems(reg.root, repo, tag, digest) == []
-    assert crashstore.trash_entries(reg.root) == []
+        assert crashstore.tag_problems(reg.store, repo, tag, digest) == []
+    assert crashstore.trash_entries(reg.store) == []
     return result, reg.root
 
 
+# Symlinks exist on a filesystem only.
+@pytest.mark.backends("filesystem")
 def test_symlinks_out_of_the_store_are_not_followed(
     template: crashstore.Template, tmp_path: Path
 ) -> None:
@@ -209,6 +246,7 @@ def test_symlinks_out_of_the_store_are_not_followed(
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.backends("filesystem")
 def test_symlink_loop_ends_at_once_and_the_gc_engines_differ(
     template: crashstore.Template, tmp_path: Path
 ) -> None:

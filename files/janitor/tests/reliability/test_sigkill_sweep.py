@@ -24,6 +24,12 @@ the dead pipe; the trial waits for it). Then:
 
 A kill that lands after the janitor exited is a valid trial, counted as "completed before
 kill". Seeds are fixed and printed (RELIABILITY_SEED overrides the base seed).
+
+On both store backends: in a bucket every third trial (each kind of kill point at least
+twice), where a copy of the store is the slow part. There, with no rename, a tag killed
+between its `current/link` and its index links is still listed but does not resolve
+(the registry answers "manifest unknown", as while it deletes a tag itself); only tags the
+policy prunes may be in that state, and the next sweep removes them.
 """
 
 from __future__ import annotations
@@ -44,9 +50,17 @@ import janitor
 import pytest
 from registry import Registry, pull
 from registry_janitor import gc
+from stores import Store
 
 TRIALS = 70
 PULL_EVERY = 5
+
+
+def trials(backend: str) -> range:
+    """Trial numbers per store backend (conftest.py parametrizes with them)."""
+    return range(TRIALS) if backend == "filesystem" else range(0, TRIALS, 3)
+
+
 SEED = int(os.environ.get("RELIABILITY_SEED", "20261127"))
 # Garbage collection's phase boundaries, where the janitor's test hook pauses it
 # (JANITOR_TEST_PAUSE_DIR): the trial kills it there.
@@ -61,7 +75,7 @@ KINDS = (
     "delay",
 )
 # What each trial saw last before the kill (see test_kill_points_cover_every_phase).
-OUTCOMES: dict[int, str] = {}
+OUTCOMES: dict[tuple[str, int], str] = {}
 
 
 @dataclass
@@ -136,7 +150,7 @@ def group_alive(pgid: int) -> bool:
 
 
 def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
-    env = crashstore.janitor_env()
+    env = crashstore.janitor_env(reg)
     pauses = stderr.parent / "pauses"
     if p.kind in PAUSES:
         # Every other phase boundary passes at once; this one waits to be killed.
@@ -199,13 +213,20 @@ def run_and_kill(reg: Registry, args: list[str], p: Plan, stderr: Path) -> Run:
     return run
 
 
-def check_crashed(root: Path, template: crashstore.Template, p: Plan) -> None:
+def check_crashed(store: Store, template: crashstore.Template, p: Plan) -> None:
     for ref, digest in template.kept.items():
         repo, tag = ref.rsplit(":", 1)
-        assert crashstore.tag_problems(root, repo, tag, digest) == [], f"{p}: kept {ref} broken"
-    for repo, tags in crashstore.visible_tags(root).items():
+        assert crashstore.tag_problems(store, repo, tag, digest) == [], f"{p}: kept {ref} broken"
+    for repo, tags in crashstore.visible_tags(store).items():
         for tag in tags:
-            assert crashstore.tag_problems(root, repo, tag) == [], f"{p}: listed {repo}:{tag}"
+            problems = crashstore.tag_problems(store, repo, tag)
+            if (
+                store.backend == "s3"
+                and f"{repo}:{tag}" in template.pruned
+                and problems == [f"{repo}:{tag}: no current/link (FileNotFoundError)"]
+            ):
+                continue  # being deleted: listed, but it does not resolve (see above)
+            assert problems == [], f"{p}: listed {repo}:{tag}"
 
 
 def pull_kept(reg: Registry, template: crashstore.Template, dest: Path, p: Plan) -> None:
@@ -219,7 +240,6 @@ def pull_kept(reg: Registry, template: crashstore.Template, dest: Path, p: Plan)
         reg.stop()
 
 
-@pytest.mark.parametrize("trial", range(TRIALS))
 def test_sigkill_then_next_sweep(
     template: crashstore.Template, reference: crashstore.Reference, tmp_path: Path, trial: int
 ) -> None:
@@ -228,24 +248,27 @@ def test_sigkill_then_next_sweep(
     reg = template.copy_to(tmp_path / "registry")
     args = [*template.sweep_args, "--gc-engine", p.engine]
     run = run_and_kill(reg, args, p, tmp_path / "killed.stderr")
-    OUTCOMES[trial] = run.last_phase
+    OUTCOMES[(template.backend, trial)] = run.last_phase
     print(f"{p}: {run.last_phase}, {len(run.events)} events")
-    check_crashed(reg.root, template, p)
+    check_crashed(reg.store, template, p)
     if trial % PULL_EVERY == 0:
         pull_kept(reg, template, tmp_path / "pulled", p)
     again = janitor.run(reg, *template.sweep_args)
     assert again.returncode == 0, f"{p}: next sweep failed: {again.stderr}"
     print(f"next sweep:\n{again.stderr}")
-    crashstore.check_final(reg.root, template, reference)
+    crashstore.check_final(reg.store, template, reference)
 
 
-def test_kill_points_cover_every_phase() -> None:
-    """Runs after the trials: the kills really landed in tags, unlink and GC."""
-    if len(OUTCOMES) < TRIALS:
+def test_kill_points_cover_every_phase(backend: str) -> None:
+    """Runs after the trials: the kills really landed in tags, unlink and GC (at least five
+    times each with all the trials, at least once with the bucket's third of them)."""
+    outcomes = [v for (b, _), v in OUTCOMES.items() if b == backend]
+    if len(outcomes) < len(trials(backend)):
         pytest.skip("only meaningful after all the trials ran")
-    seen = collections.Counter(v.split(",")[0] for v in OUTCOMES.values())
-    print(dict(seen))
+    seen = collections.Counter(v.split(",")[0] for v in outcomes)
+    print(backend, dict(seen))
+    least = 5 if backend == "filesystem" else 1
     for phase in ("after tag_deleted", "after manifest_unlinked", "after gc_started"):
-        assert seen[phase] >= 5, dict(seen)
+        assert seen[phase] >= least, dict(seen)
     for phase in PAUSES:  # every phase of the janitor's garbage collection
-        assert seen[f"at {phase}"] >= 5, dict(seen)
+        assert seen[f"at {phase}"] >= least, dict(seen)

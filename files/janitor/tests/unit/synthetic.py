@@ -103,6 +103,8 @@ class Faulty:
 
     def __getattr__(self, method: str) -> object:
         real = getattr(self.inner, method)
+        if not callable(real):  # an attribute (renames, listing_is_cheap)
+            return real
 
         def call(*args: object) -> object:
             if self.before is not None:
