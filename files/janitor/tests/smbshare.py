@@ -274,10 +274,26 @@ class RcloneMount:
         server then agree."""
         deadline = time.monotonic() + timeout
         while any(_dirty(meta) for meta in (self.cache / "vfsMeta").rglob("*")):
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rclone still has files to upload after {timeout} s")
             time.sleep(0.2)
         time.sleep(DIR_CACHE_SECONDS + 0.2)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        """rclone itself can crash (Debian's 1.60.1 dereferences nil in its smb backend
+        after a failed upload): say so with the end of its log instead of a timeout."""
+        if not self.alive():
+            tail = self.log.read_text(errors="replace").splitlines()
+            fatal = [i for i, line in enumerate(tail) if line.startswith(("fatal error", "panic"))]
+            start = max(0, (fatal[0] if fatal else len(tail)) - 5)
+            raise RuntimeError(
+                f"the rclone mount of {self.flavour} died; {self.log}:\n"
+                + "\n".join(tail[start : start + 12])
+            )
 
     def remount(self) -> None:
         """A fresh client: uploads what is pending, unmounts, drops rclone's cache and
@@ -289,7 +305,9 @@ class RcloneMount:
         self.start()
 
     def stop(self) -> None:
-        if os.path.ismount(self.mountpoint):
+        # /proc/mounts, not os.path.ismount: the mount of a crashed client cannot be stat'ed.
+        mounts = Path("/proc/mounts").read_text().split()
+        if str(self.mountpoint) in mounts:
             assert FUSERMOUNT is not None
             done = subprocess.run(
                 [FUSERMOUNT, "-u", str(self.mountpoint)], capture_output=True, check=False
@@ -345,6 +363,10 @@ class SmbSession:
         self.counter = itertools.count()
 
     def mount(self, flavour: str) -> RcloneMount:
+        if flavour in self.mounts and not self.mounts[flavour].alive():
+            # A client that crashed in an earlier test (that test failed with its log): the
+            # next test gets a fresh one instead of "Transport endpoint is not connected".
+            self.mounts.pop(flavour).stop()
         if flavour not in self.mounts:
             m = RcloneMount(self.server, flavour, self.workdir / f"client-{flavour}")
             m.start()
