@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import servers
+from servers import free_port
 
 CEPH_MON = shutil.which("ceph-mon")
 CEPH_OSD = shutil.which("ceph-osd")
@@ -74,18 +76,7 @@ def missing() -> str:
 
 
 def require() -> None:
-    reason = missing()
-    if reason:
-        message = f"S3 tests need: {reason}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must not skip S3 tests: {message}")
-        pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    servers.require("S3", missing())
 
 
 def without_ca_bundle(env: Mapping[str, str]) -> dict[str, str]:

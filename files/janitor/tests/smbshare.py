@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import servers
+from servers import free_port
 
 SMBD = shutil.which("smbd") or ("/usr/sbin/smbd" if os.access("/usr/sbin/smbd", os.X_OK) else None)
 SMBPASSWD = shutil.which("smbpasswd")
@@ -96,18 +98,7 @@ def missing() -> str:
 
 def require() -> None:
     """Skips the calling test when SMB tests cannot run here; fails it under CI."""
-    reason = missing()
-    if reason:
-        message = f"SMB tests need: {reason}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must not skip SMB tests: {message}")
-        pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    servers.require("SMB", missing())
 
 
 class SambaServer:

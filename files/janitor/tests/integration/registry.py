@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from servers import free_port
 from stores import BLOBS, REPOSITORIES, FsStore, Store
 
 REGISTRY_BIN = shutil.which("docker-registry") or shutil.which("registry")
@@ -28,12 +28,6 @@ SKOPEO = shutil.which("skopeo")
 BACKENDS = ("filesystem", "s3")
 _REVISION_LINK = re.compile(r".*/_manifests/revisions/sha256/[0-9a-f]{64}/link")
 _BLOB_DATA = re.compile(r"sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, store: Store, port: int, *, blobdescriptor_cache: bool) -> None:
