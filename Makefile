@@ -9,6 +9,9 @@ SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 # How many scenarios run at the same time (much of a scenario is waiting for systemd,
 # Docker, apt and the registry, not computing).
 MOLECULE_JOBS ?= 4
+# pytest-xdist workers for the janitor's test suites (a file per worker): much of a test is
+# waiting for a registry, skopeo, Samba or the gateway.
+JANITOR_TEST_JOBS ?= 2
 
 .PHONY: help deps venv images registry-image bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
 	test-molecule test-playbooks test clean
@@ -69,10 +72,10 @@ test-smb: venv ## the tests on a real Samba share (smbd on loopback, rclone moun
 	$(BIN)/python -m pytest -q -m smb files/janitor/tests
 
 test-janitor: venv ## all janitor tests (SMB ones included; of the S3 cases a representative subset, see test-s3)
-	ORACLE_S3_STORES=4 $(BIN)/python -m pytest -q -m "not s3_full" files/janitor/tests
+	ORACLE_S3_STORES=4 $(BIN)/python -m pytest -q -n $(JANITOR_TEST_JOBS) --dist loadfile -m "not s3_full" files/janitor/tests
 
 test-s3: venv ## every janitor test on a real S3 server (RADOS Gateway on loopback), all trials, 12 GC oracle stores (36 min on the loaded 2-core VM)
-	$(BIN)/python -m pytest -q -m s3 files/janitor/tests
+	$(BIN)/python -m pytest -q -n $(JANITOR_TEST_JOBS) --dist loadfile -m s3 files/janitor/tests
 
 test-molecule: venv images registry-image ## every Molecule scenario, MOLECULE_JOBS at a time (timed); logs in .cache/molecule-<scenario>.log, checked for passwords
 	scripts/molecule-scenarios.sh -j $(MOLECULE_JOBS) $(SCENARIOS)
