@@ -32,7 +32,7 @@ from registry_cache_testing import (
     unit_journal,
 )
 
-# The push load of test_pushes_during_sweeps.py sweeps another host: nothing here touches it.
+# The push loads (push_load.py) sweep other hosts: nothing here touches it.
 HOST = "registry-cache-janitor"
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]

@@ -1,4 +1,5 @@
-"""Pushes go on while sweeps with garbage collection run.
+"""Pushes go on while sweeps with garbage collection run: the body of the tests in
+test_pushes_during_janitor_gc.py and test_pushes_during_gc_window.py.
 
 A bounded load (files/pushload.py, skopeo inside the host) pushes images continuously into
 load/r0..r3 while sweeps run through registry-janitor.service (20 by default; host variable
@@ -32,9 +33,19 @@ from pathlib import Path
 import testinfra.utils.ansible_runner
 from registry_cache_testing import sh, sweep_by_service
 
-testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
-    os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("pushload")
+RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def hosts_with_engine(engine: str) -> list[str]:
+    """The hosts of group pushload whose janitor_gc_engine is `engine`: each engine's test
+    file (test_pushes_during_*.py) runs on its own xdist worker, so the loads run at the
+    same time."""
+    return [
+        f"ansible://{name}"
+        for name in RUNNER.get_hosts("pushload")
+        if RUNNER.get_variables(name).get("janitor_gc_engine", "janitor") == engine
+    ]
+
 
 WINDOW = os.environ.get("PUSHLOAD_GC_WINDOW", "readonly")
 LOAD = "/usr/local/lib/molecule-janitor/pushload.py"
@@ -52,7 +63,8 @@ def check_pushes(host) -> dict:
     return json.loads(sh(host, f"python3 {LOAD} --check {OUT} {STATE}").strip().splitlines()[-1])
 
 
-def test_pushes_during_sweeps_pull_completely(host):
+def run_push_load(host) -> None:
+    """The test body, for each engine's test file."""
     hostvars = host.ansible.get_variables()
     engine = hostvars.get("janitor_gc_engine", "janitor")
     sweeps = int(os.environ.get("PUSHLOAD_SWEEPS", hostvars.get("pushload_sweeps", 20)))

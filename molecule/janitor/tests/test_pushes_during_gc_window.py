@@ -1,0 +1,11 @@
+"""Pushes during sweeps with the registry's garbage-collect in its read-only window: writes
+are refused, never corrupted, and the journal says for how long (push_load.py has the whole
+story)."""
+
+from push_load import hosts_with_engine, run_push_load
+
+testinfra_hosts = hosts_with_engine("registry")
+
+
+def test_pushes_during_sweeps_pull_completely(host):
+    run_push_load(host)
