@@ -5,10 +5,12 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
-SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# Every scenario, the longest first: the run lasts as long as its longest scenario.
+LONGEST_SCENARIOS := default janitor
+SCENARIOS ?= $(LONGEST_SCENARIOS) $(filter-out $(LONGEST_SCENARIOS),$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # How many scenarios run at the same time (much of a scenario is waiting for systemd,
 # Docker, apt and the registry, not computing).
-MOLECULE_JOBS ?= 4
+MOLECULE_JOBS ?= 5
 # pytest-xdist workers for the janitor's test suites (a file per worker): much of a test is
 # waiting for a registry, skopeo, Samba or the gateway.
 JANITOR_TEST_JOBS ?= 2

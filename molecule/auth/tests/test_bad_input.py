@@ -17,8 +17,8 @@ import pytest
 from registry_cache_testing import controller_tool
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
-CERT = "/var/tmp/registry-cache-molecule/default/tls/registry.crt"
-KEY = "/var/tmp/registry-cache-molecule/default/tls/registry.key"
+CERT = "/var/tmp/registry-cache-molecule/auth/tls/registry.crt"
+KEY = "/var/tmp/registry-cache-molecule/auth/tls/registry.key"
 SECRET = "bad-input-Vw3kP9sQ-not-real"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
