@@ -17,7 +17,10 @@ of its performance counters, through its admin socket), per tag of the store. Th
 on loopback (well under a millisecond per request): on a remote object store, requests times
 latency divided by concurrency is the part that grows (docs/s3.md has the estimate).
 
-    python bench/s3_gc.py [--sizes 1500,5000] [--keep 5]    # or: make bench-s3
+    python bench/s3_gc.py [--sizes 1500,5000] [--keep 5] [--parts gc,sweep]    # or: make bench-s3
+
+``--parts gc`` or ``--parts sweep`` runs only that part (a large store's sweep needs its own
+upload of the unpruned store, which takes as long as a collection on this machine).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ SPECS = {
     20000: StoreSpec("s3c", 20, 1000),
 }
 ROOT = "registry"  # the registry's rootdirectory in each bucket
+UPLOAD_SLICE = 10_000  # objects per upload helper process
 
 
 @dataclass
@@ -91,7 +95,11 @@ def upload(gw: rgw.RadosGateway, hint: str, root: Path) -> rgw.Bucket:
             p = Path(dirpath) / n
             files[f"{ROOT}/{p.relative_to(root)}"] = (p, p.stat().st_mtime)
     start = time.monotonic()
-    gw.upload(bucket.name, files)
+    # In slices: each upload is one helper process with a 10-minute timeout, which a
+    # 20,000-tag store's 100,000 objects overrun on a loaded VM.
+    keys = sorted(files)
+    for i in range(0, len(keys), UPLOAD_SLICE):
+        gw.upload(bucket.name, {k: files[k] for k in keys[i : i + UPLOAD_SLICE]})
     log(f"  uploaded {len(files)} objects to {bucket.name} in {time.monotonic() - start:.1f} s")
     return bucket
 
@@ -155,15 +163,31 @@ def timed(
     run = Run(what, tags, seconds, reqs, len(before), len(after))
     log(
         f"  {what}: {seconds:.1f} s, {reqs} requests ({run.per_tag:.1f} per tag),"
-        f" objects {len(before)} -> {len(after)}"
+        f" objects {len(before)} -> {len(after)}; load average {R.loads(*os.getloadavg())}"
     )
     return run
 
 
-def bench_size(gw: rgw.RadosGateway, tags: int, keep: int, cache: Path, work: Path) -> list[Run]:
+def bench_size(
+    gw: rgw.RadosGateway, tags: int, keep: int, cache: Path, work: Path, parts: set[str]
+) -> list[Run]:
     spec = SPECS[tags]
     log(f"== {tags} tags ({spec.repos} repositories x {spec.tags}), keep {keep} per repository")
     source = cached_store(cache / "stores", spec)
+    runs = []
+    if "gc" in parts:
+        runs += bench_gc(gw, tags, keep, source, work)
+    if "sweep" in parts:
+        # The whole sweep on the unpruned store.
+        whole = upload(gw, f"janitor-sweep-{tags}", source)
+        w = work / f"janitor-sweep-{tags}"
+        w.mkdir(parents=True, exist_ok=True)
+        cmd = janitor_cmd(gw, whole, "sweep", w, "--keep-last-n", str(keep))
+        runs.append(timed(gw, "janitor sweep", tags, whole, cmd, w / "out"))
+    return runs
+
+
+def bench_gc(gw: rgw.RadosGateway, tags: int, keep: int, source: Path, work: Path) -> list[Run]:
     # The GC input: pruned once on local disk (the same prune for both collectors).
     pruned = copy_store(source, work / f"pruned-{tags}", sync=False)
     subprocess.run(
@@ -187,12 +211,6 @@ def bench_size(gw: rgw.RadosGateway, tags: int, keep: int, cache: Path, work: Pa
         only = sorted(set(left_mine) ^ set(left_stock))[:10]
         raise SystemExit(f"the two collections left different objects, e.g. {only}")
     log(f"  both left the same {len(left_mine)} objects")
-    # The whole sweep on the unpruned store.
-    whole = upload(gw, f"janitor-sweep-{tags}", source)
-    w = work / f"janitor-sweep-{tags}"
-    w.mkdir(parents=True, exist_ok=True)
-    cmd = janitor_cmd(gw, whole, "sweep", w, "--keep-last-n", str(keep))
-    runs.append(timed(gw, "janitor sweep", tags, whole, cmd, w / "out"))
     return runs
 
 
@@ -215,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=int, default=5, help="tags kept per repository")
     p.add_argument("--cache", default="/var/tmp/registry-cache-bench-s3")
     p.add_argument("--memory-mib", type=int, default=4096, help="the gateway's in-memory OSD")
+    p.add_argument("--parts", default="gc,sweep", help="of gc (both collections), sweep")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"gc", "sweep"}:
+        p.error(f"--parts: gc, sweep or gc,sweep, not {args.parts!r}")
     # A SIGTERM (timeout, Ctrl-C in make) unwinds like an exception: the gateway's daemons
     # are stopped and the work directory removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -230,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with rgw.running(work / "rgw", memory_mib=args.memory_mib) as gw:
             for tags in sizes:
-                runs += bench_size(gw, tags, args.keep, cache, work)
+                runs += bench_size(gw, tags, args.keep, cache, work, parts)
     log(f"load average at end: {R.loads(*os.getloadavg())}")
     print(table(runs))
     return 0
