@@ -237,9 +237,7 @@ def _docker(*args: str) -> str:
 def _run_case(name: str, extra_vars: dict[str, Any], playbook: str, tmp: Path) -> Run:
     extra_vars = dict(extra_vars)
     host_vars: list[dict[str, Any]] = extra_vars.pop(HOSTS, [{}])
-    containers = [
-        f"registry-cache-preflight-{name}-{uuid.uuid4().hex[:8]}" for _ in host_vars
-    ]
+    containers = [f"registry-cache-preflight-{name}-{uuid.uuid4().hex[:8]}" for _ in host_vars]
     for container in containers:
         _docker("run", "-d", "--rm", "--network", "none", "--name", container, IMAGE,
                 "sleep", "infinity")  # fmt: skip
@@ -254,9 +252,7 @@ def _run_case(name: str, extra_vars: dict[str, Any], playbook: str, tmp: Path) -
             }
             for container, own in zip(containers, host_vars, strict=True)
         }
-        inventory.write_text(
-            json.dumps({"registry_cache": {"hosts": hosts, "vars": BASE_VARS}})
-        )
+        inventory.write_text(json.dumps({"registry_cache": {"hosts": hosts, "vars": BASE_VARS}}))
         extra = tmp / f"{name}-extra-vars.json"
         extra.write_text(json.dumps(extra_vars))
         before = "".join(_docker("diff", container) for container in containers)

@@ -126,9 +126,13 @@ def test_an_upload_started_on_one_host_finishes_on_the_other(host):
     """POST on A, PATCH and PUT on B: B reads A's upload state (signed with http.secret)."""
     data = os.urandom(40000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    write = "python3 -c 'import sys; open(\"/var/tmp/chunk\", \"wb\").write(bytes.fromhex(sys.argv[1]))' "
+    write = (
+        'python3 -c \'import sys; open("/var/tmp/chunk", "wb").write(bytes.fromhex(sys.argv[1]))\' '
+    )
     sh(HOST_B, write + data.hex())
-    started = sh(host, f"curl -fsS -D - -o /dev/null -X POST http://{REGISTRY}/v2/s3/split/blobs/uploads/")
+    started = sh(
+        host, f"curl -fsS -D - -o /dev/null -X POST http://{REGISTRY}/v2/s3/split/blobs/uploads/"
+    )
     location = re.search(r"(?im)^location: *(\S+)", started).group(1)
     path = re.sub(r"^https?://[^/]+", "", location)
     patched = sh(
@@ -139,7 +143,10 @@ def test_an_upload_started_on_one_host_finishes_on_the_other(host):
     assert patched.startswith("HTTP/1.1 202"), patched
     path = re.sub(r"^https?://[^/]+", "", re.search(r"(?im)^location: *(\S+)", patched).group(1))
     sep = "&" if "?" in path else "?"
-    put = sh(HOST_B, f"curl -fsS -o /dev/null -w '%{{http_code}}' -X PUT 'http://{REGISTRY}{path}{sep}digest={digest}'")
+    put = sh(
+        HOST_B,
+        f"curl -fsS -o /dev/null -w '%{{http_code}}' -X PUT 'http://{REGISTRY}{path}{sep}digest={digest}'",
+    )
     assert put == "201"
     for h in (host, HOST_B):
         got = sh(h, f"curl -fsSL http://{REGISTRY}/v2/s3/split/blobs/{digest} | sha256sum")
