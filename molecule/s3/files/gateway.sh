@@ -85,7 +85,10 @@ PY
 stop-rgw)
     pid=$(cat "$W/run/client.rgw.pid")
     kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    # Until it is gone or a zombie: PID 1 here (sleep) reaps no children.
+    while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+        sleep 0.2
+    done
     ;;
 start-rgw)
     radosgw -n client.rgw -c "$CONF"
