@@ -5,28 +5,30 @@
 # with the beast frontend on port 7480 of every address, so the registry containers inside
 # the cache hosts reach it through the test network. Same settings and pitfalls as
 # files/janitor/tests/rgw.py (`ms mon client mode = crc`, `tcp_nodelay=1`).
-#   gateway.sh setup BUCKET ACCESS_KEY   (secret key on stdin) the cluster, user and bucket
+#   gateway.sh setup BUCKET ACCESS_KEY SECRET_FILE   the cluster, user and bucket
 #   gateway.sh stop-rgw | start-rgw      the S3 endpoint alone goes down / comes back
 set -eu
 W=/var/lib/molecule-rgw
 CONF=$W/ceph.conf
 PORT=7480
 
+# Up to 180 s: radosgw creates its pools at the first start, slow on a loaded machine.
 wait_port() {
-    for _ in $(seq 1 300); do
-        if python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)" 2>/dev/null; then
-            return 0
+    deadline=$(($(date +%s) + 180))
+    while ! python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)" 2>/dev/null; do
+        if [ "$(date +%s)" -gt "$deadline" ]; then
+            echo "radosgw did not answer in 180 s; its log ends:" >&2
+            tail -n 20 "$W/log/client.rgw.log" >&2
+            exit 1
         fi
-        sleep 0.2
+        sleep 0.5
     done
-    echo "radosgw did not answer in 60 s: $W/log" >&2
-    exit 1
 }
 
 case "$1" in
 setup)
     bucket=$2 access=$3
-    secret=$(cat)
+    secret=$(cat "$4")
     if [ -e "$W/ready" ]; then
         exit 0
     fi
