@@ -10,8 +10,9 @@
 ARG BASE_IMAGE=debian:trixie-slim
 FROM ${BASE_IMAGE}
 
-# The registry that serves is the registry that collects garbage.
-ARG PACKAGES="docker-registry python3 ca-certificates"
+# The registry that serves is the registry that collects garbage. python3-boto3: the
+# janitor on a bucket (registry_storage: s3); the role's own builds add it only then.
+ARG PACKAGES="docker-registry python3 ca-certificates python3-boto3"
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${PACKAGES} \
     && rm -rf /var/lib/apt/lists/* \

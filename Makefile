@@ -36,6 +36,8 @@ images: ## build the test images from Debian packages (no registry needed)
 
 registry-image: venv images ## the registry image as the registry role builds it, saved for the Molecule hosts
 	$(BIN)/ansible-playbook molecule/shared/registry-image.yml
+	$(BIN)/ansible-playbook molecule/shared/registry-image.yml -e registry_storage=s3 \
+		-e registry_preloaded_archive=$(CURDIR)/.cache/images/registry-cache-preloaded-s3.tar
 
 up: deps venv images ## bring up a local cache host and apply site.yml to it
 	$(BIN)/ansible-playbook playbooks/local-host.yml

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fails when a Molecule scenario's Storage Box password, or a mirror's upstream password,
-# appears in that scenario's log.
+# Fails when a Molecule scenario's Storage Box password, a mirror's upstream password or a
+# bucket's secret key (registry_s3_secret_key) appears in that scenario's log.
 #   scripts/check-secret-leak.sh SCENARIO LOGFILE
 # The passwords are read from the shared .config/molecule/config.yml and from
-# molecule/SCENARIO/molecule.yml (storagebox_password and registry_mirrors[].password in the
-# inventory's group_vars and host_vars); a scenario without one has nothing to leak. The
+# molecule/SCENARIO/molecule.yml (storagebox_password, registry_s3_secret_key and
+# registry_mirrors[].password in the inventory's group_vars and host_vars); a scenario without one has nothing to leak. The
 # passwords are never printed, nor passed in a command line (grep reads them from a pipe).
 set -euo pipefail
 
@@ -35,8 +35,9 @@ for path in sys.argv[1:]:
     inventory = (config.get("provisioner") or {}).get("inventory") or {}
     for kind in ("group_vars", "host_vars"):
         for v in (inventory.get(kind) or {}).values():
-            if v and "storagebox_password" in v:
-                found.add(str(v["storagebox_password"]))
+            for key in ("storagebox_password", "registry_s3_secret_key"):
+                if v and v.get(key):
+                    found.add(str(v[key]))
             for mirror in (v or {}).get("registry_mirrors") or []:
                 if mirror.get("password"):
                     # molecule.yml is interpolated by molecule: "$$" stands for "$".

@@ -54,6 +54,21 @@ def mirrors(*entries: dict[str, Any]) -> dict[str, Any]:
     return {"registry_mirrors": [{**MIRROR, **entry} for entry in entries]}
 
 
+# A bucket (registry_storage: s3) that is fine on its own; its secret key must not be printed.
+S3_SECRET = "preflight-Wm83sK-s3-not-a-real-secret"
+S3: dict[str, Any] = {
+    "registry_storage": "s3",
+    "registry_s3_region_endpoint": "https://fsn1.your-objectstorage.com",
+    "registry_s3_region": "fsn1",
+    "registry_s3_bucket": "ci-cache",
+    "registry_s3_access_key": "preflight-access-key",
+    "registry_s3_secret_key": S3_SECRET,
+}
+# A case's key HOSTS: one target container per entry, each entry its host variables (in the
+# inventory, so extra vars do not override them); without it one target.
+HOSTS = "__hosts__"
+
+
 # case: (extra vars, the variables the failure must name)
 BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "negative-keep-count": ({"janitor_keep_last_n": -1}, ("janitor_keep_last_n",)),
@@ -133,6 +148,30 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"storagebox_mount_state": "mounted", **mirrors({"data_dir": "/var/lib/mirrors/hub"})},
         ("registry_mirrors", "storagebox_mount_path"),
     ),
+    # On a bucket served by several hosts a read-only window would have to switch them all.
+    "s3-with-the-registry-gc-engine": (
+        {**S3, "janitor_gc_engine": "registry"},
+        ("janitor_gc_engine", "registry_storage"),
+    ),
+    "s3-janitor-host-outside-the-group": (
+        {**S3, "janitor_host": "no-such-host"},
+        ("janitor_host", "registry_cache"),
+    ),
+    "s3-without-keys": (
+        {**S3, "registry_s3_access_key": "", "registry_s3_secret_key": ""},
+        ("registry_s3_access_key", "registry_s3_secret_key"),
+    ),
+    "s3-bad-bucket-name": ({**S3, "registry_s3_bucket": "CI_Cache"}, ("registry_s3_bucket",)),
+    "s3-unknown-storage": ({"registry_storage": "nfs"}, ("registry_storage",)),
+    # Two hosts, each with its own janitor, on one Storage Box share.
+    "two-hosts-one-share": (
+        {HOSTS: [{}, {}], "storagebox_mount_state": "mounted"},
+        ("storagebox_share", "registry_storage: s3"),
+    ),
+    "two-hosts-different-storage": (
+        {HOSTS: [{}, S3]},
+        ("registry_storage",),
+    ),
 }
 CONTROL = "valid-values"
 # More valid values, each next to a bad case above: the check refuses only what it should.
@@ -154,6 +193,13 @@ GOOD: dict[str, dict[str, Any]] = {
     "mirror-stores-inside-the-mounted-share": {
         "storagebox_mount_state": "mounted",
         **mirrors({"data_dir": "/mnt/storagebox/cache/hub"}),
+    },
+    # On a bucket the storagebox role does nothing: its password is not needed.
+    "s3-without-storagebox-password": {**S3, "storagebox_password": ""},
+    "two-hosts-on-one-bucket": {HOSTS: [S3, S3]},
+    "two-hosts-each-its-own-share": {
+        HOSTS: [{"storagebox_share": "u1-sub1"}, {"storagebox_share": "u1-sub2"}],
+        "storagebox_mount_state": "mounted",
     },
 }
 
@@ -189,30 +235,27 @@ def _docker(*args: str) -> str:
 
 
 def _run_case(name: str, extra_vars: dict[str, Any], playbook: str, tmp: Path) -> Run:
-    container = f"registry-cache-preflight-{name}-{uuid.uuid4().hex[:8]}"
-    _docker("run", "-d", "--rm", "--network", "none", "--name", container, IMAGE,
-            "sleep", "infinity")  # fmt: skip
+    extra_vars = dict(extra_vars)
+    host_vars: list[dict[str, Any]] = extra_vars.pop(HOSTS, [{}])
+    containers = [f"registry-cache-preflight-{name}-{uuid.uuid4().hex[:8]}" for _ in host_vars]
+    for container in containers:
+        _docker("run", "-d", "--rm", "--network", "none", "--name", container, IMAGE,
+                "sleep", "infinity")  # fmt: skip
     try:
         inventory = tmp / f"{name}-inventory.json"
-        inventory.write_text(
-            json.dumps(
-                {
-                    "registry_cache": {
-                        "hosts": {
-                            container: {
-                                "ansible_connection": "community.docker.docker",
-                                "ansible_host": container,
-                                "ansible_python_interpreter": "/usr/bin/python3",
-                            }
-                        },
-                        "vars": BASE_VARS,
-                    }
-                }
-            )
-        )
+        hosts = {
+            container: {
+                "ansible_connection": "community.docker.docker",
+                "ansible_host": container,
+                "ansible_python_interpreter": "/usr/bin/python3",
+                **own,
+            }
+            for container, own in zip(containers, host_vars, strict=True)
+        }
+        inventory.write_text(json.dumps({"registry_cache": {"hosts": hosts, "vars": BASE_VARS}}))
         extra = tmp / f"{name}-extra-vars.json"
         extra.write_text(json.dumps(extra_vars))
-        before = _docker("diff", container)
+        before = "".join(_docker("diff", container) for container in containers)
         env = {
             **os.environ,
             "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
@@ -222,10 +265,10 @@ def _run_case(name: str, extra_vars: dict[str, Any], playbook: str, tmp: Path) -
             [ANSIBLE_PLAYBOOK, "-i", str(inventory), "-e", f"@{extra}", playbook],
             check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
-        after = _docker("diff", container)
+        after = "".join(_docker("diff", container) for container in containers)
         return Run(proc.returncode, proc.stdout, proc.stderr, before, after)
     finally:
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -251,10 +294,11 @@ def test_valid_values_pass_the_preflight_and_change_nothing(
     run = runs[case]
     assert run.rc == 0, run.stdout[-3000:] + run.stderr[-3000:]
     stats = run.report["stats"]
-    assert [s["changed"] for s in stats.values()] == [0]
+    assert {s["changed"] for s in stats.values()} == {0}
     assert run.diff_after == run.diff_before
     assert AUTH_PASSWORD not in run.stdout + run.stderr
     assert MIRROR_PASSWORD not in run.stdout + run.stderr
+    assert S3_SECRET not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -262,14 +306,16 @@ def test_bad_value_stops_site_yml_before_the_host_changes(runs: dict[str, Run], 
     run = runs[case]
     assert run.rc != 0, f"{case}: site.yml accepted {BAD[case][0]}"
     report = run.report
-    assert [s["changed"] for s in report["stats"].values()] == [0]
-    assert [s["failures"] for s in report["stats"].values()] == [1]
+    assert {s["changed"] for s in report["stats"].values()} == {0}
+    # One failure (with two hosts, a check across them fails once, on the first).
+    assert sum(s["failures"] for s in report["stats"].values()) == 1
     # Only the preflight play started: no role task ran.
     assert [p["play"]["name"] for p in report["plays"]] == [PREFLIGHT_PLAY]
     assert run.diff_after == run.diff_before, "the target's files changed"
     assert PASSWORD not in run.stdout + run.stderr
     assert AUTH_PASSWORD not in run.stdout + run.stderr
     assert MIRROR_PASSWORD not in run.stdout + run.stderr
+    assert S3_SECRET not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(

@@ -202,6 +202,11 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
     setup_logging(as_json=as_json, verbose=verbose)
     out = Output(as_json=as_json)
     stop = threading.Event()
+    if command == "check":
+        if _store_missing(cfg, out):
+            return EXIT_FAILED
+        out.emit("store_ok", f"store ready: {cfg.store}", store=cfg.store)
+        return EXIT_OK
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="io") as pool:
         if command == "report":  # read-only: Ctrl-C may interrupt it anywhere
             if _store_missing(cfg, out):

@@ -10,7 +10,7 @@ from typing import NoReturn
 from registry_janitor import __version__, config
 
 PROG = "registry-janitor"
-COMMANDS = ("sweep", "prune", "gc", "gc-due", "report", "verify")
+COMMANDS = ("sweep", "prune", "gc", "gc-due", "report", "verify", "check")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify": "hash stored blobs against their digests within VERIFY_BUDGET, move corrupt"
         " ones into the quarantine and name the tags they break; exit 1 when something is"
         " broken",
+        "check": "exit 0 when the store is there (the data directory's store, or the bucket"
+        " answers), 1 with the reason otherwise; changes nothing (the registry unit's start-up"
+        " check)",
     }
     for name in COMMANDS:
         sub.add_parser(name, parents=[options], help=helps[name], description=helps[name])

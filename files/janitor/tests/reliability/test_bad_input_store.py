@@ -121,7 +121,7 @@ def test_bad_policy_file_touches_nothing(
 
 
 @pytest.mark.backends("filesystem")
-@pytest.mark.parametrize("command", ["sweep", "prune", "gc"])
+@pytest.mark.parametrize("command", ["sweep", "prune", "gc", "check"])
 def test_unmounted_data_directory_writes_nothing(
     template: crashstore.Template, tmp_path: Path, command: str
 ) -> None:
@@ -136,7 +136,7 @@ def test_unmounted_data_directory_writes_nothing(
 
 
 @pytest.mark.backends("s3")
-@pytest.mark.parametrize("command", ["sweep", "prune", "gc", "report"])
+@pytest.mark.parametrize("command", ["sweep", "prune", "gc", "report", "check"])
 def test_missing_bucket_writes_nothing(
     template: crashstore.Template, tmp_path: Path, command: str
 ) -> None:
@@ -156,6 +156,17 @@ def test_missing_bucket_writes_nothing(
     assert "Traceback" not in result.stderr
     assert gone not in {b["Name"] for b in reg.store.s3.list_buckets()["Buckets"]}
     assert not reg.store.lock_file.with_name(f"registry-janitor-{gone}.lock").exists()
+
+
+def test_check_passes_on_a_store(template: crashstore.Template, tmp_path: Path) -> None:
+    """`check` (the registry unit's start-up check) exits 0 on a store that is there and
+    changes nothing."""
+    reg = template.copy_to(tmp_path)
+    before = tree_hash(reg.store)
+    result = janitor.run(reg, *template.sweep_args, command="check")
+    assert result.returncode == 0, result.stderr
+    assert "store ready" in result.stderr
+    assert tree_hash(reg.store) == before
 
 
 # -- unusual but valid names --------------------------------------------------------------
