@@ -8,7 +8,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 # Every scenario, the longest first: the run lasts as long as its longest scenario. Not yet
 # in `make test`: s3 (two hosts on a RADOS Gateway bucket), which has not passed end to end
 # (`make registry-image-s3 test-molecule SCENARIOS=s3`; docs/s3.md, "Not done yet").
-LONGEST_SCENARIOS := default janitor
+LONGEST_SCENARIOS := auth default janitor
 UNFINISHED_SCENARIOS := s3
 SCENARIOS ?= $(LONGEST_SCENARIOS) $(filter-out $(LONGEST_SCENARIOS) $(UNFINISHED_SCENARIOS),$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # How many scenarios run at the same time (much of a scenario is waiting for systemd,
@@ -111,10 +111,7 @@ mirror-throughput: ## pull of a 1 GiB image through a pull-through mirror (cold,
 	python3 bench/mirror_throughput.py --size-mib 1024
 
 test: deps venv ## everything CI runs: lint, janitor tests, playbook preflight tests, bench smoke, every Molecule scenario (timed)
-	@set -e; for part in images registry-image lint test-janitor test-playbooks bench-smoke test-molecule; do \
-		start=$$(date +%s); $(MAKE) --no-print-directory $$part; \
-		echo "== make $$part: $$(( $$(date +%s) - start )) s"; \
-	done
+	@scripts/test-stages.sh images registry-image lint "test-janitor test-playbooks bench-smoke" test-molecule
 
 clean: ## remove the virtualenv and cached images
 	rm -rf $(VENV) .cache
