@@ -69,7 +69,15 @@ EOF
     ceph-mon -i a -c "$CONF"
     ceph osd create -c "$CONF" >/dev/null
     ceph-osd -i 0 --mkfs -c "$CONF" 2>/dev/null
-    ceph-osd -i 0 -c "$CONF"
+    # With auth none the OSD can send its first monitor command before the monitor's map
+    # reached it, with the wrong cluster fsid; it then exits ("mon_cmd_maybe_osd_create fail:
+    # 'wrong fsid'", 4 starts in 15 here). A second start finds the map.
+    tries=1
+    until ceph-osd -i 0 -c "$CONF"; do
+        [ "$tries" -lt 5 ] || exit 1
+        tries=$((tries + 1))
+        sleep 1
+    done
     radosgw -n client.rgw -c "$CONF"
     wait_port
     radosgw-admin user create --uid registry-cache --display-name "registry-cache molecule" \
