@@ -23,7 +23,7 @@ JANITOR_TEST_JOBS ?= 2
 	test-molecule test-molecule-s3 test-playbooks test clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
 deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
 	scripts/host-deps.sh
