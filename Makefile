@@ -105,7 +105,7 @@ bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; ke
 bench-verify: venv ## registry-janitor verify vs sha256sum: 2 GiB of blobs on local disk, 64 MiB on the slow filesystem (~5 min)
 	$(BIN)/python bench/verify_throughput.py
 
-bench-s3: deps venv ## the janitor's GC and sweep on a bucket vs the registry's garbage-collect on the same bucket (RADOS Gateway on loopback; over 40 min at 1,500 and 5,000 tags on the loaded 2-core VM; SIZES=20000 PARTS=gc: about 65 min)
+bench-s3: deps venv ## the janitor's GC and sweep on a bucket vs the registry's garbage-collect on the same bucket (RADOS Gateway on loopback; over 40 min at 1,500 and 5,000 tags on the loaded 2-core VM; SIZES=20000 PARTS=gc: about 65 min, PARTS=sweep: about 36 min)
 	$(BIN)/python bench/s3_gc.py $(if $(SIZES),--sizes $(SIZES)) $(if $(PARTS),--parts $(PARTS))
 
 throughput: ## push/pull of a 1 GiB image through the local cache host (make up first) vs cp
