@@ -90,8 +90,8 @@ test-s3: venv ## every janitor test on a real S3 server (RADOS Gateway on loopba
 test-molecule: venv images registry-image $(if $(filter s3,$(SCENARIOS)),registry-image-s3) ## every Molecule scenario, MOLECULE_JOBS at a time (timed); logs in .cache/molecule-<scenario>.log, checked for passwords
 	scripts/molecule-scenarios.sh -j $(MOLECULE_JOBS) $(SCENARIOS)
 
-test-molecule-s3: venv images registry-image-s3 ## the s3 scenario: two hosts on one bucket of a RADOS Gateway, pushes through both while one sweeps (about 7 min on 2 cores)
-	scripts/molecule-scenarios.sh -j 1 s3
+test-molecule-s3: ## the s3 scenario: two hosts on one bucket of a RADOS Gateway, pushes through both while one sweeps (about 7 min on 2 cores)
+	$(MAKE) --no-print-directory test-molecule SCENARIOS=s3
 
 test-playbooks: venv images ## site.yml's preflight rejects bad variables before a host changes (throwaway containers)
 	$(BIN)/python -m pytest -q tests/playbooks
