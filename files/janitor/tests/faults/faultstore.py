@@ -73,7 +73,7 @@ class Generated:
         return sorted(
             str(p.relative_to(self.root))
             for p in (self.root / REPOSITORIES).rglob("link")
-            if "/_layers/" not in str(p)
+            if "/_layers/" not in str(p) and "/index/" not in str(p)
         ) + [blob_path(d) for d in self.manifests]
 
 
@@ -239,7 +239,7 @@ class Damage:
 
     blobs_deleted: int  # blob data files gone (rightly or not)
     wrongly_deleted: list[str]  # blobs a still-served tag needs, gone for good
-    left_held: list[str]  # entries left in the janitor's hold
+    left_held: list[str]  # entries left in the janitor's hold (but `excused`)
     unlinked: list[str]  # revision links a still-served tag needs, gone
 
     @property
@@ -247,10 +247,16 @@ class Damage:
         return bool(self.wrongly_deleted or self.left_held or self.unlinked)
 
 
-def damage(before: set[str], read_before: Callable[[str], bytes], after: set[str]) -> Damage:
+def damage(
+    before: set[str],
+    read_before: Callable[[str], bytes],
+    after: set[str],
+    excused: frozenset[str] = frozenset(),
+) -> Damage:
     """Compare the store's files before and after a run. A tag counts if the registry served
     it before (`served`) and its current/link is still there (a tag the prune deleted frees
-    what it needed)."""
+    what it needed). `excused`: held blobs (hex) the run reported it failed to delete after
+    its re-check: they wait in the hold for the next run by design (gc.py)."""
     need_blobs: set[str] = set()
     need_links: set[str] = set()
     for (repo, tag), digest in served(before, read_before).items():
@@ -262,7 +268,9 @@ def damage(before: set[str], read_before: Callable[[str], bytes], after: set[str
     return Damage(
         blobs_deleted=len(blob_files - after),
         wrongly_deleted=sorted(d for d in need_blobs if blob_path(d) not in after),
-        left_held=sorted(p for p in after if p.startswith(HELD + "/")),
+        left_held=sorted(
+            p for p in after if p.startswith(HELD + "/") and p.split("/")[2] not in excused
+        ),
         unlinked=sorted(p for p in need_links if p not in after),
     )
 

@@ -36,12 +36,14 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,7 +58,9 @@ HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
-SRC = str(TESTS.parent / "src")
+# The janitor under trial: this checkout's, or another's (FAULT_TRIALS_JANITOR_SRC, e.g. an
+# older commit's `files/janitor/src` exported with git archive, for a before/after figure).
+SRC = os.environ.get("FAULT_TRIALS_JANITOR_SRC") or str(TESTS.parent / "src")
 
 # The sweep's settings: nothing pushes during a trial, so held blobs need not wait
 # (GC_SETTLE); graces stay at their defaults (2 h, 1 h): the store's young blobs and pushes are
@@ -157,6 +161,42 @@ def plan(rng: random.Random, gen: Generated, backend: str) -> list[Fault]:
     return faults
 
 
+def _namespace(gen: Generated) -> str:
+    """A directory under repositories/ that holds repositories (a namespace if there is one,
+    else a repository)."""
+    return f"{faultstore.REPOSITORIES}/{(gen.namespaces or gen.repositories)[0]}"
+
+
+# The faults issue 21 names, each on every matching call (boto3's retries see it too), as
+# the trials' first check that they can fail: `--scenario NAME`, and the tests in
+# test_fault_trials.py.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    # A soft CIFS mount answers EIO in a hiccup; a directory mode 000 gives EACCES.
+    "unlistable-namespace": {
+        "filesystem": lambda g: [Fault("readdir", "EACCES", _namespace(g), exact=True),
+                                 Fault("opendir", "EACCES", _namespace(g), exact=True)],
+        "s3": lambda g: [Fault("list", "503", _namespace(g), exact=True)],
+    },
+    "unlistable-revisions": {
+        "filesystem": lambda g: [Fault("readdir", "EIO", f"{faultstore.REPOSITORIES}/"
+                                       f"{g.repositories[0]}/_manifests/revisions/sha256",
+                                       exact=True)],
+        "s3": lambda g: [Fault("list", "500", f"{faultstore.REPOSITORIES}/"
+                               f"{g.repositories[0]}/_manifests/revisions/sha256", exact=True)],
+    },
+    # The second blob to be held fails (Samba: EBUSY on a directory holding an open file).
+    "hold-fails": {
+        "filesystem": lambda g: [Fault("rename", "EBUSY", HELD, nth=2)],
+        "s3": lambda g: [Fault("copy", "500", HELD, nth=2)],
+    },
+    # IsTruncated without a NextContinuationToken, taken as the whole listing.
+    "truncated-listing": {
+        "s3": lambda g: [Fault("list", "truncate", faultstore.REPOSITORIES, exact=True),
+                         Fault("list", "truncate", _namespace(g), exact=True)],
+    },
+}  # fmt: skip
+
+
 # -- backends ---------------------------------------------------------------------------
 
 
@@ -242,12 +282,26 @@ class S3Backend:
             yield self
 
     def put(self, trial: int, gen: Generated, reference: bool = False) -> str:
+        """The store as a new bucket. S3 has no utime: an old object is uploaded now and
+        carries its date in the metadata the janitor's own copies carry (s3.py, "Hold without
+        rename": stat answers it, and a caller that lists an object young stats it first).
+        Dating objects for real (rgw.age, the gateway's clock set back per distinct time)
+        took most of a trial's time."""
+        from registry_janitor.s3 import MTIME_META
+
         bucket = self.gateway.bucket(f"fault-{trial}{'-ref' if reference else ''}", self.ROOT)
-        files = faultstore.files_below(gen.root)
-        self.gateway.upload(
-            bucket.name,
-            {f"{self.ROOT}/{p}": (gen.root / p, os.stat(gen.root / p).st_mtime) for p in files},
-        )
+        s3 = self.gateway.client()
+
+        def one(path: str) -> None:
+            local = gen.root / path
+            meta = {} if path in gen.young else {MTIME_META: str(int(local.stat().st_mtime))}
+            s3.put_object(
+                Bucket=bucket.name, Key=f"{self.ROOT}/{path}", Body=local.read_bytes(),
+                Metadata=meta,
+            )  # fmt: skip
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, sorted(faultstore.files_below(gen.root))))
         return str(bucket.name)
 
     def rule_path(self, where: str, target: str, exact: bool) -> str:
@@ -355,6 +409,7 @@ class Result:
     unlinked: list[str]
     unreported_change: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: store, run, reference
     error_messages: list[str] = field(default_factory=list)
 
     @property
@@ -377,7 +432,9 @@ class Result:
             parts.append(f"revisions unlinked {len(self.unlinked)}")
         if self.unreported_change:
             parts.append(f"unreported change ({len(self.unreported_change)} files)")
-        parts.append(f"{self.seconds:.1f} s")
+        parts.append(
+            f"{self.seconds:.1f} s ({' '.join(f'{k} {v}' for k, v in self.phases.items())})"
+        )
         return ", ".join(parts) + "\n    " + "\n    ".join(self.faults)
 
 
@@ -386,16 +443,17 @@ def trial_seed(seed: int, trial: int) -> int:
 
 
 def run_trial(backend: Any, trial: int, seed: int, work: Path,
-              faults: list[Fault] | None = None) -> Result:  # fmt: skip
-    """One trial; `faults` replaces the random plan (the known-bug scenarios do that)."""
+              scenario: Callable[[Generated], list[Fault]] | None = None) -> Result:  # fmt: skip
+    """One trial; `scenario` gives the faults instead of the random plan."""
     t0 = time.monotonic()
     s = trial_seed(seed, trial)
-    rng = random.Random(s)
+    rng = random.Random(f"plan {s}")  # not the store's own sequence (same seed)
     tmp = work / f"gen-{backend.name}-{trial}"
     shutil.rmtree(tmp, ignore_errors=True)
     gen = faultstore.generate(tmp, s)
-    faults = plan(rng, gen, backend.name) if faults is None else faults
+    faults = plan(rng, gen, backend.name) if scenario is None else scenario(gen)
     where = backend.put(trial, gen)
+    t_store = time.monotonic() - t0
     triggers = {e: work / f"trigger-{backend.name}-{trial}-{e}" for e in TRIGGERS}
     for t in triggers.values():
         t.unlink(missing_ok=True)
@@ -426,7 +484,13 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
         return (gen.root / path).read_bytes()
 
     after = backend.files_after(where)
-    dmg = faultstore.damage(before, read_before, after)
+    # Held blobs whose delete failed after the re-check, reported: the next run deletes them.
+    drop_failed = frozenset(
+        str(e.get("digest", "")).removeprefix("sha256:")
+        for e in run.events
+        if e.get("event") == "error" and "delete held blob" in str(e.get("message"))
+    )
+    dmg = faultstore.damage(before, read_before, after, drop_failed)
     result = Result(
         backend.name, trial, s, [str(f) for f in faults], len(fired),
         sorted({str(f["rule"]) for f in fired}), run.returncode, run.reported,
@@ -438,6 +502,7 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
     if fired and not run.reported and any(f.fault != "ENOENT" for f in fired_faults):
         # Faults fired and the run says all went well: it must have done what a run
         # without faults does.
+        t_ref = time.monotonic()
         ref = backend.put(trial, gen, reference=True)
         ref_args, ref_env = backend.janitor_args(ref, faulty=False)
         ref_run = run_janitor([*ref_args, "--keep-last-n", str(gen.keep_last_n)], ref_env, {})
@@ -447,11 +512,13 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
         mine = faultstore.docker_files(after)
         result.unreported_change = sorted(mine ^ ref_after)
         backend.drop(ref)
+        result.phases["reference"] = round(time.monotonic() - t_ref, 1)
     backend.drop(where)
     shutil.rmtree(tmp, ignore_errors=True)
     for t in triggers.values():
         t.unlink(missing_ok=True)
     result.seconds = time.monotonic() - t0
+    result.phases.update(store=round(t_store, 1), run=round(run.seconds, 1))
     return result
 
 
@@ -521,9 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=500, help="per backend")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--only", type=int, action="append", help="run only this trial (repeatable)")
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), help="these faults, not random ones")
     p.add_argument("--workdir", type=Path, help="default: a temporary directory")
     p.add_argument("--results", type=Path, help="write every trial's result here (JSON lines)")
     a = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the mount is unmounted and the gateway stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     backends = ("filesystem", "s3") if a.backend == "both" else (a.backend,)
     summaries = []
     with contextlib.ExitStack() as stack:
@@ -534,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = Summary(name)
             with backend_for(name, work) as backend:
                 for trial in a.only or range(a.trials):
-                    r = run_trial(backend, trial, a.seed, work)
+                    scenario = SCENARIOS[a.scenario].get(name) if a.scenario else None
+                    r = run_trial(backend, trial, a.seed, work, scenario)
                     summary.add(r)
                     print(r.line(), flush=True)
                     if out is not None:
