@@ -28,6 +28,7 @@ from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
 from registry_janitor.storage import Storage
+from registry_janitor.survey import Survey
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ class Janitor:
         try:
             if not self.cfg.dry_run:
                 self._resolve_interrupted()
-            roots, unreadable = self._prune(stats) if run_prune else self._linked(stats)
+            roots, survey = self._prune(stats) if run_prune else self._linked(stats)
             if self.stop.is_set():
                 stats.stopped = True
             elif run_gc and self._gc_engine == "janitor":
-                self._collect(roots, unreadable, stats)
+                self._collect(roots, survey, stats)
             elif run_gc and self.gc_due(stats if run_prune else None):
                 self._registry_gc(stats)
             elif run_gc and not self.cfg.dry_run:
@@ -128,13 +129,14 @@ class Janitor:
             log.info("%d trash entries cannot be deleted yet; the next run retries", left)
 
     # -- prune -------------------------------------------------------------------------
-    def _prune(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], list[str]]:
+    def _prune(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], Survey]:
         """Returns the revisions linked after the prune (the roots of a collection) and the
-        repositories that could not be read completely."""
+        survey that read them (with what it could not read)."""
         cfg = self.cfg
         now = time.time()
         t0 = time.monotonic()
-        repos = store.scan(self.storage, self.pool)
+        survey = Survey(self.storage)
+        repos = store.scan(survey, self.pool)
         t1 = time.monotonic()
         first_seen = plan.load_first_seen(self.storage) if cfg.gc_delete_untagged else {}
         plans = plan.plan_all(
@@ -184,7 +186,7 @@ class Janitor:
             for r in repos
             if r.complete and r.has_manifests
         }
-        return roots, [r.name for r in repos if not r.complete]
+        return roots, survey
 
     def _save_first_seen(self, seen: plan.FirstSeen) -> None:
         try:
@@ -192,16 +194,14 @@ class Janitor:
         except OSError as exc:
             log.warning("cannot save %s: %s", plan.UNREACHABLE_FILE, exc)
 
-    def _linked(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], list[str]]:
+    def _linked(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], Survey]:
         """The roots for a collection run on its own."""
         t0 = time.monotonic()
-        try:
-            roots = store.linked_revisions(self.storage, self.pool)
-        except OSError as exc:
-            return {}, [str(exc)]
+        survey = Survey(self.storage)
+        roots = store.linked_revisions(survey, self.pool)
         stats.repositories = len(roots)
         stats.phases["scan"] = round(time.monotonic() - t0, 3)
-        return roots, []
+        return roots, survey
 
     def _apply(self, plans: Sequence[RepoPlan], stats: SweepStats) -> dict[str, frozenset[str]]:
         """Applies (or in a dry run, names) the plan; returns the revisions unlinked."""
@@ -361,9 +361,7 @@ class Janitor:
         return True
 
     # -- garbage collection --------------------------------------------------------------
-    def _collect(
-        self, roots: dict[str, frozenset[str]], unreadable: list[str], stats: SweepStats
-    ) -> None:
+    def _collect(self, roots: dict[str, frozenset[str]], survey: Survey, stats: SweepStats) -> None:
         cfg = self.cfg
         warn_blobdescriptor(cfg.registry_config, self.out)
         self.out.emit(
@@ -382,7 +380,7 @@ class Janitor:
             settle=cfg.gc_settle,
             dry_run=cfg.dry_run,
         )
-        mark = collector.mark(roots, time.time(), unreadable)
+        mark = collector.mark(roots, survey, time.time())
         stats.phases["mark"] = round(time.monotonic() - t0, 3)
         stats.gc_ran = True
         stats.blobs_marked = len(mark.marked)
@@ -392,8 +390,10 @@ class Janitor:
                 self.out.emit("gc_refused", f"gc: {problem}", level=logging.ERROR)
             stats.gc_ok = False
             stats.gc_message = (
-                f"no blob deleted: {len(mark.problems)} problem(s) above; fix or remove what"
-                " they name (the image cannot be pulled either), then sweep again"
+                f"no blob deleted: {len(mark.problems)} part(s) of the store could not be read"
+                " or understood (above), and the janitor deletes only what a complete read"
+                " proves unused; fix what they name (the mount, permissions, a link, a"
+                " broken image), then sweep again"
             )
             self.out.emit("gc_failed", f"gc failed: {stats.gc_message}", level=logging.ERROR)
             if self._held_layers:

@@ -48,6 +48,7 @@ from registry_janitor.output import Output, human_bytes, iso
 from registry_janitor.quarantine import QUARANTINE_DIR, Entry, Quarantine
 from registry_janitor.records import VerifyStats
 from registry_janitor.storage import BLOBS, Storage
+from registry_janitor.survey import Survey
 from registry_janitor.verified import STATE_FILE, Blob, Record, State, queue, take
 
 log = logging.getLogger(__name__)
@@ -189,12 +190,12 @@ class Verifier:
 
     # -- listing ---------------------------------------------------------------------------
     def _revisions(self, stats: VerifyStats) -> dict[str, frozenset[str]]:
-        try:
-            return store.linked_revisions(self.storage, self.pool)
-        except OSError as exc:
-            self._error(f"cannot read the repositories ({exc}): manifests not checked")
+        survey = Survey(self.storage)
+        found = store.linked_revisions(survey, self.pool)
+        for gap in survey.gaps:
+            self._error(f"cannot read the repositories ({gap}): manifests below not checked")
             stats.errors += 1
-            return {}
+        return found
 
     def _list_blobs(self, stats: VerifyStats) -> tuple[list[Blob], bool]:
         """Every blob with its `data` stat; False when part of the listing failed."""
@@ -491,7 +492,7 @@ class Verifier:
 
     def _tags_reaching(self, digests: set[str], corrupt: set[str]) -> dict[str, dict[str, str]]:
         """digest -> {"repo:tag": the tag's digest} for every tag whose image needs it."""
-        repos = store.scan(self.storage, self.pool)
+        repos = store.scan(Survey(self.storage), self.pool)
         reader = manifests.ManifestReader(self.storage, self.pool)
         for d in corrupt:  # still in place in a dry run: its content is not to be trusted
             reader.unusable(d, "corrupt")

@@ -61,7 +61,7 @@ def test_filesystem_storage_never_follows_a_symlink_below_the_root(tmp_path: Pat
     os.symlink(victim, root / "docker" / "planted")
     fs = storage.FilesystemStorage(root)
     try:
-        assert fs.list("docker") == [storage.Entry("planted", False)]
+        assert fs.list("docker") == [storage.Entry("planted", False, is_link=True)]
         data, st2 = fs.read("docker/planted", 100)
         assert data == b"" and not st2.is_file
         fs.delete("docker/planted")
