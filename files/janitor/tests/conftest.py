@@ -40,6 +40,9 @@ S3_QUICK = (
 )
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
+# The tests pause garbage collection at exact points instead of waiting GC_SETTLE: allow 0
+# (config.SETTLE_FLOOR), in this process and every janitor it starts.
+os.environ.setdefault("JANITOR_TEST_SETTLE_FLOOR", "0")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
 
 

@@ -45,6 +45,12 @@ _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 
 
+# GC_SETTLE's floor, in seconds (see the error in load()). Tests, which pause the collection
+# at exact points instead, lower it through the environment; nothing else should.
+SETTLE_FLOOR = 2
+SETTLE_FLOOR_ENV = "JANITOR_TEST_SETTLE_FLOOR"
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -386,6 +392,14 @@ def load(
         )
     gc_grace = parse_duration(name("gc_grace"), raw["gc_grace"])
     gc_settle = parse_duration(name("gc_settle"), raw["gc_settle"])
+    floor = int(os.environ.get(SETTLE_FLOOR_ENV) or SETTLE_FLOOR)
+    if gc_settle < floor:
+        raise ConfigError(
+            name("gc_settle"),
+            f"must be at least {floor}s: a manifest push that found its blobs before they were"
+            " held needs that long to link its revision, and a shorter wait deletes blobs of"
+            f' an image the registry just accepted; got "{raw["gc_settle"]}"',
+        )
     revision_grace = parse_duration(name("revision_grace"), raw["revision_grace"])
     if gc_grace < revision_grace:
         # A blob younger than an unreachable manifest's grace could belong to a push whose

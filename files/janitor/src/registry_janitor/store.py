@@ -230,6 +230,22 @@ def scan(survey: Survey, pool: Executor | None = None) -> list[Repository]:
     return sorted(out, key=lambda r: r.name)
 
 
+def reread(
+    survey: Survey, names: Iterable[str], pool: Executor | None = None
+) -> dict[str, tuple[list[Tag], frozenset[str]]]:
+    """repository -> (its tags, its revisions) as they are now: what prune re-reads right
+    before it unlinks revisions, so a push since the scan keeps what it reaches."""
+    dirs = [_Dir(n, registry_dirs={"_manifests"}) for n in names]
+    read = list(pmap(pool, lambda d: _read_repository(survey, d), dirs))
+    jobs = [(r.name, name) for r, names in read for name in names]
+    records = pmap_batched(pool, lambda job: _tag_record(survey, *job), jobs)
+    tags: dict[str, list[Tag]] = {}
+    for (name, _), tag in zip(jobs, records, strict=True):
+        if tag is not None:
+            tags.setdefault(name, []).append(tag)
+    return {r.name: (tags.get(r.name, []), r.revisions) for r, _ in read}
+
+
 def linked_revisions(survey: Survey, pool: Executor | None = None) -> dict[str, frozenset[str]]:
     """repository -> revisions linked now: what garbage collection re-reads after it held
     its candidates. What could not be read is in the survey (the caller seals it)."""

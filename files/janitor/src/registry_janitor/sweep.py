@@ -28,7 +28,7 @@ from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
 from registry_janitor.storage import Storage
-from registry_janitor.survey import Survey
+from registry_janitor.survey import Survey, describe
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ class Janitor:
             pending.mark(self.storage, self._sizes_freed(plans))
         # Tags before revisions: a stop in between leaves revisions for the next sweep, never
         # a tag pointing at an unlinked manifest.
-        failed = self._run_phase(tags, stats)
-        self._keep_roots_of(failed, plans)
+        self._run_phase(tags, stats)
+        self._keep_what_is_tagged_now(plans, stats)
         revisions = [("revision", p, d) for p in plans for d in p.unlink]
         not_unlinked = self._run_phase(revisions, stats)
         self._run_phase(leftovers, stats)
@@ -252,26 +252,46 @@ class Janitor:
         done = store.pmap_batched(self.pool, lambda op: self._run(op, stats), ops)
         return [op for op, ok in zip(ops, done, strict=True) if not ok]
 
-    def _keep_roots_of(self, failed: Sequence[_Op], plans: Sequence[RepoPlan]) -> None:
-        """A tag that could not be deleted (an error, a push since the scan, a stop) still
-        points at its manifest: that manifest and what it reaches stay linked."""
-        by_plan: dict[int, set[str]] = {}
-        for _, p, item in failed:
-            assert isinstance(item, retention.TagDecision)
-            digests = by_plan.setdefault(id(p), set())
-            if item.tag.digest:
-                digests.add(item.tag.digest)
-            current, _ = store.read_link(
-                self.storage, f"{executor.tag_dir(p.repository, item.tag.name)}/current/link"
-            )
-            if current:
-                digests.add(current)
-        for p in plans:
-            if id(p) in by_plan and p.unlink:
-                reach = manifests.closure(by_plan[id(p)], self.reader)
-                p.unlink = (
-                    [] if not reach.complete else [d for d in p.unlink if d not in reach.reachable]
+    def _keep_what_is_tagged_now(self, plans: Sequence[RepoPlan], stats: SweepStats) -> None:
+        """Right before revisions are unlinked: re-read each repository's tags and revisions.
+        What a tag reaches now (a tag not deleted after all, a tag pushed since the scan) and
+        what a revision linked since the scan reaches (an index pushed meanwhile that reuses
+        an old child: buildx and `imagetools create` do not upload children the registry
+        has) stays linked. A repository that cannot be re-read unlinks nothing."""
+        todo = [p for p in plans if p.unlink]
+        if not todo:
+            return
+        survey = Survey(self.storage)
+        now = store.reread(survey, (p.repository.name for p in todo), self.pool)
+        for p in todo:
+            name = p.repository.name
+            gaps = survey.gaps_of(name)
+            tags, revisions = now[name]
+            roots = {t.digest for t in tags if t.digest} | (revisions - p.repository.revisions)
+            reach = manifests.closure(roots, self.reader) if not gaps else None
+            if reach is None or not reach.complete:
+                why = describe(gaps) if gaps else "a manifest a tag reaches cannot be read"
+                with self._stats_lock:
+                    stats.errors += 1
+                self.out.emit(
+                    "error",
+                    f"{name}: cannot re-read before unlinking ({why}); no revision unlinked",
+                    level=logging.ERROR,
+                    repository=name,
                 )
+                p.unlink = []
+                continue
+            kept = [d for d in p.unlink if d in reach.reachable]
+            if kept:
+                self.out.emit(
+                    "skipped",
+                    f"{name}: {len(kept)} revision(s) kept after all: a tag or a manifest pushed"
+                    " since the scan reaches them",
+                    level=logging.WARNING,
+                    repository=name,
+                    digests=kept,
+                )
+            p.unlink = [d for d in p.unlink if d not in reach.reachable]
 
     def _sizes_freed(self, plans: Sequence[RepoPlan]) -> dict[str, int]:
         """digest -> size of the blobs named by the revisions about to be unlinked."""

@@ -31,6 +31,7 @@ def clean_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_", "VERIFY_"))
+        or k == "JANITOR_TEST_SETTLE_FLOOR"  # conftest.py: the tests' GC_SETTLE=0
     }
 
 
