@@ -93,8 +93,10 @@ _LINK = (
 
 
 def _list_dir(survey: Survey, d: _Dir) -> _Dir:
+    before = len(survey.gaps)
     entries = survey.list(d.path)
-    if entries is None and not d.name and survey.stat(BLOBS) is not None:
+    gone = entries is None and len(survey.gaps) == before
+    if gone and not d.name and survey.stat(BLOBS) is not None:
         # No repositories at all, yet blobs: something moved them (a half-restored copy?).
         survey.gap(d.path, "missing while the store has blobs")
     for e in entries or ():
@@ -143,16 +145,9 @@ def discover(survey: Survey, pool: Executor | None = None) -> list[_Dir]:
     Walks breadth first, one level at a time, listing a whole level concurrently.
     """
     found: list[_Dir] = []
-    root = _list_dir(survey, _Dir(""))
-    level = [root]
-    lost = [g for g in survey.gaps if g.path == REPOSITORIES]
-    if lost:
-        # A lost mount must fail the run, never look like an empty store.
-        raise Incomplete(lost)
+    level = [_Dir("")]
     while level:
-        listed = (
-            [root] if level[0] is root else list(pmap(pool, lambda d: _list_dir(survey, d), level))
-        )
+        listed = list(pmap(pool, lambda d: _list_dir(survey, d), level))
         nxt: list[_Dir] = []
         for d in listed:
             if d.name and d.registry_dirs & {"_manifests", "_layers"}:
@@ -210,7 +205,12 @@ def scan(survey: Survey, pool: Executor | None = None) -> list[Repository]:
     """All repositories with their tags and revisions, sorted by name. What could not be
     read is in the survey; a repository with gaps of its own has them as `errors` (prune
     leaves it untouched)."""
-    read = list(pmap(pool, lambda d: _read_repository(survey, d), discover(survey, pool)))
+    found = discover(survey, pool)
+    lost = [g for g in survey.gaps if g.path == REPOSITORIES]
+    if lost:
+        # A lost mount must fail the run, never look like an empty store.
+        raise Incomplete(lost)
+    read = list(pmap(pool, lambda d: _read_repository(survey, d), found))
     tags: dict[str, list[Tag]] = {}
     jobs = [(r.name, name) for r, names in read for name in names]
     records = pmap_batched(pool, lambda job: _tag_record(survey, *job), jobs)
