@@ -298,8 +298,12 @@ class S3Storage:
             size = int(content_range.rsplit("/", 1)[1])
         return data[:limit], _stat(resp, size)
 
-    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
+    def read_chunks(
+        self, path: str, chunk_size: int, *, fresh: bool = False
+    ) -> Generator[bytes | memoryview, None, None]:
         # One GET streamed in pieces: the body is never held whole (blobs of gigabytes).
+        # Every GET reaches the server: nothing is cached here, so `fresh` changes nothing.
+        del fresh
         resp = self._call(f"read {path}", "get_object", Key=self._key(path))
         body = resp["Body"]
         try:

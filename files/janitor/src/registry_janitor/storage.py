@@ -83,8 +83,11 @@ class Storage(Protocol):
         Not a regular file (a directory, a symlink): b"" and a stat with is_file False."""
         ...
 
-    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
-        """The whole content of a regular file, in pieces of at most `chunk_size` bytes, for
+    def read_chunks(
+        self, path: str, chunk_size: int, *, fresh: bool = False
+    ) -> Generator[bytes | memoryview, None, None]:
+        """`fresh`: bypass what the client cached of the file (a second read that must not
+        repeat the first one's pages). The whole content of a regular file, in pieces of at most `chunk_size` bytes, for
         content too large to hold at once (blobs). A generator: the file is opened on the
         first `next()` and closed at the end or when the generator is closed (use
         `contextlib.closing`). A piece may be reused for the next one: consume it at once.
@@ -272,13 +275,19 @@ class FilesystemStorage:
         finally:
             os.close(fd)
 
-    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
+    def read_chunks(
+        self, path: str, chunk_size: int, *, fresh: bool = False
+    ) -> Generator[bytes | memoryview, None, None]:
         with self._at(path) as (dir_fd, rel):
             fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
         try:
             st = os.fstat(fd)
             if not _stat(st).is_file:
                 raise OSError(errno.EINVAL, "not a regular file", path)
+            if fresh and hasattr(os, "posix_fadvise"):
+                # Drop the file's cached pages: the reads below reach the server (the cifs
+                # client, too, reads from its server what is not in the page cache).
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             # One buffer per file, read into without a copy; no larger than the file (plus
             # one byte to see its end in the same read), so small blobs cost small buffers.
             buf = bytearray(max(1, min(chunk_size, st.st_size + 1)))

@@ -31,7 +31,7 @@ def clean_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_", "VERIFY_"))
-        or k == "JANITOR_TEST_SETTLE_FLOOR"  # conftest.py: the tests' GC_SETTLE=0
+        or k in ("JANITOR_TEST_SETTLE_FLOOR", "JANITOR_TEST_VERIFY_MIN_AGE")  # conftest.py
     }
 
 
