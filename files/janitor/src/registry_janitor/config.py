@@ -115,6 +115,13 @@ SETTINGS: dict[str, Setting] = {
             "how long held blobs wait for manifest pushes in flight (janitor engine)",
         ),
         Setting(
+            "JANITOR_REGISTRY_LOG",
+            "--registry-log",
+            "",
+            "the registry's log file (info level): blobs clients touched are never held, and"
+            " a held blob a client asks for goes back at once (janitor engine)",
+        ),
+        Setting(
             "REVISION_GRACE",
             "--revision-grace",
             "1h",
@@ -279,6 +286,7 @@ class Config:
     verify_budget: Budget = Budget(seconds=600)
     verify_interval: int | None = 30 * 86400
     s3: S3Settings | None = None  # set: the store is in a bucket, not under data_dir
+    registry_log: Path | None = None  # the registry's log file (registry_log.py)
 
     @property
     def store(self) -> str:
@@ -359,6 +367,11 @@ def load(
     if s3 is None and not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
     registry_config = Path(raw["registry_config"])
+    registry_log = Path(raw["registry_log"]) if raw["registry_log"].strip() else None
+    if registry_log is not None and not registry_log.parent.is_dir():
+        raise ConfigError(
+            name("registry_log"), f'directory does not exist: "{registry_log.parent}"'
+        )
     gc_will_run = (command == "gc" or (command == "sweep" and b["run_gc"])) and raw[
         "gc_engine"
     ].strip().lower() == "registry"
@@ -421,6 +434,7 @@ def load(
         dry_run=b["dry_run"],
         data_dir=data_dir,
         registry_config=registry_config,
+        registry_log=registry_log,
         registry_bin=raw["registry_bin"],
         run_gc=b["run_gc"],
         keep_min_age=min_age,

@@ -38,6 +38,7 @@ from registry_janitor.manifests import ManifestReader, closure
 from registry_janitor.output import Output, human_bytes, iso
 from registry_janitor.quarantine import Quarantine
 from registry_janitor.records import SweepStats
+from registry_janitor.registry_log import RegistryLog
 from registry_janitor.storage import BLOBS, Stat, Storage
 from registry_janitor.survey import Complete, Incomplete, Survey
 
@@ -50,6 +51,9 @@ PHASES = ("mark", "hold", "settle", "restore", "delete")
 # A held blob that cannot be put back is tried this many times, waiting a little longer each
 # time (SMB: a rename fails while another client holds a file of the directory open).
 RESTORE_ATTEMPTS = 4
+# Candidates held between two reads of the registry's log (registry_log.py): the smaller, the
+# shorter the time a HEAD can land unseen between the read and the hold.
+HOLD_BATCH = 32
 RESTORE_BACKOFF = 0.5
 
 
@@ -76,6 +80,7 @@ class Mark:
     marked: frozenset[str] = frozenset()
     candidates: list[Candidate] = field(default_factory=list)
     spared: int = 0  # unreferenced but younger than the grace period
+    touched: int = 0  # unreferenced and old, but a client asked for it within the grace
     problems: list[str] = field(default_factory=list)  # why nothing may be deleted
     proof: Complete | None = None  # every read of the mark succeeded
 
@@ -101,8 +106,12 @@ class Collector:
         grace: int,
         settle: int,
         dry_run: bool,
+        registry_log: RegistryLog | None = None,
     ) -> None:
         self.storage = storage
+        self.registry_log = registry_log
+        self._log_gap_said = False
+        self._touched_back: set[str] = set()  # held blobs put back because a client asked
         self.pool = pool
         self.reader = reader
         self.out = out
@@ -138,6 +147,7 @@ class Collector:
         result.marked = reach.marked
         if not survey.gaps:
             self._candidates(survey, reach.marked, now, result)
+            self._spare_touched(result, now)
         try:
             result.proof = survey.seal()
         except Incomplete as exc:
@@ -186,6 +196,41 @@ class Collector:
                 result.candidates.append(Candidate(digest, st.size, st.mtime, st.version))
             else:
                 result.spared += 1
+
+    def _spare_touched(self, result: Mark, now: float) -> None:
+        """Candidates a client touched within the grace (the registry's log) stay: a HEAD
+        of an old blob is how a push that will name it starts."""
+        if self.registry_log is None or not result.candidates:
+            return
+        seen = self.registry_log.read_all()
+        if seen is None:
+            self._log_gap("cannot read it")
+            return
+        keep = {d for d, when in seen.items() if now - when < self.grace}
+        if keep:
+            before = len(result.candidates)
+            result.candidates = [c for c in result.candidates if c.digest not in keep]
+            result.touched = before - len(result.candidates)
+
+    def _log_gap(self, why: str) -> None:
+        if self._log_gap_said:
+            return
+        self._log_gap_said = True
+        self.out.emit(
+            "registry_log_gap",
+            f"the registry's log ({why}) does not tell every blob clients asked for: this run"
+            " holds and puts back as it does without the log",
+            level=logging.WARNING,
+        )
+
+    def _touched_since(self) -> set[str]:
+        """Blobs the registry logged as touched since the last read."""
+        if self.registry_log is None:
+            return set()
+        found, complete = self.registry_log.follow()
+        if not complete:
+            self._log_gap("rotated, cut or unreadable")
+        return set(found)
 
     def _list_blobs(self, survey: Survey, prefixes: list[str]) -> Iterator[tuple[str, Stat | None]]:
         """digest -> stat of its `data` (None: no data: an upload being committed), for
@@ -273,6 +318,8 @@ class Collector:
                     level=logging.WARNING,
                     repository=repo,
                 )
+        self._put_back_touched()
+        restored |= self._touched_back
         stats.blobs_restored += len(restored)
         stats.phases["restore"] = round(time.monotonic() - t, 3)
         pause("restore", self.stop)
@@ -315,7 +362,14 @@ class Collector:
             with self._held_lock:
                 self._held[c.digest] = c
 
-        list(store.pmap_batched(self.pool, one, candidates))
+        for i in range(0, len(candidates), HOLD_BATCH):
+            # The barrier: every HEAD answered before now is in the log; a blob it names
+            # is not held (its client may PUT a manifest naming it any moment).
+            touched = self._touched_since()
+            batch = [c for c in candidates[i : i + HOLD_BATCH] if c.digest not in touched]
+            stats.blobs_touched += len(candidates[i : i + HOLD_BATCH]) - len(batch)
+            list(store.pmap_batched(self.pool, one, batch))
+            self._put_back_touched()
         for digest, why in sorted(failed):
             self.out.emit(
                 "blob_not_held",
@@ -331,10 +385,25 @@ class Collector:
     def _settle(self) -> None:
         deadline = time.monotonic() + self.settle_seconds
         while not self.stop.is_set():
+            self._put_back_touched()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             time.sleep(min(left, 0.2))
+
+    def _put_back_touched(self) -> None:
+        """A held blob a client asks for (HEAD, GET, mount, or a manifest refused naming it)
+        goes back at once: its push is in flight."""
+        back = self._touched_since() & self._held_now()
+        if back:
+            self._restore(back)
+            self._touched_back |= back
+            self.out.emit(
+                "blobs_restored",
+                f"put back {len(back)} held blob(s) at once: a client asked for them",
+                level=logging.INFO,
+                count=len(back),
+            )
 
     def _recheck(
         self, roots: Mapping[str, frozenset[str]], held: dict[str, Candidate]

@@ -27,6 +27,7 @@ from registry_janitor.hold import Hold
 from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
+from registry_janitor.registry_log import RegistryLog
 from registry_janitor.storage import Storage
 from registry_janitor.survey import Survey, describe
 
@@ -399,8 +400,25 @@ class Janitor:
             grace=cfg.gc_grace,
             settle=cfg.gc_settle,
             dry_run=cfg.dry_run,
+            registry_log=RegistryLog(cfg.registry_log) if cfg.registry_log else None,
         )
+        try:
+            self._mark_and_collect(collector, roots, survey, stats, t0)
+        finally:
+            if collector.registry_log is not None:
+                collector.registry_log.close()
+
+    def _mark_and_collect(
+        self,
+        collector: Collector,
+        roots: dict[str, frozenset[str]],
+        survey: Survey,
+        stats: SweepStats,
+        t0: float,
+    ) -> None:
+        cfg = self.cfg
         mark = collector.mark(roots, survey, time.time())
+        stats.blobs_touched += mark.touched
         stats.phases["mark"] = round(time.monotonic() - t0, 3)
         stats.gc_ran = True
         stats.blobs_marked = len(mark.marked)
