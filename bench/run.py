@@ -34,6 +34,10 @@ import report as R
 import slowfs
 from store import StoreSpec, cached_store, copy_store, remove_tree
 
+# GC_SETTLE=0 in timed runs (the settle period is a fixed wait, not work): below the floor
+# production enforces (registry_janitor.config.SETTLE_FLOOR).
+os.environ.setdefault("JANITOR_TEST_SETTLE_FLOOR", "0")
+
 PARTS = ("plan", "strace", "sweep", "growth", "slowfs")
 GC_PARTS = ("gc-slowfs", "sweep-slowfs", "gc-local", "window", "gc-growth")
 OPTIONAL_PARTS = ("profile", "keepmany")  # run only when named in --only

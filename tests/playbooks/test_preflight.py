@@ -132,6 +132,11 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         mirrors({"password": MIRROR_PASSWORD}),
         ("registry_mirrors", "username"),
     ),
+    # Whoever reaches a mirror without logging in pulls with its upstream account.
+    "mirror-account-served-without-login": (
+        mirrors({"username": "ci-bot", "password": MIRROR_PASSWORD, "auth": False}),
+        ("registry_mirrors", "share_upstream_account", "private"),
+    ),
     "mirror-duplicate-names": (mirrors({}, {"port": 5002}), ("registry_mirrors", "name")),
     # The janitor sweeps registry_data_dir: a mirror's store must never be inside it.
     "mirror-store-in-the-push-store": (
@@ -187,9 +192,14 @@ GOOD: dict[str, dict[str, Any]] = {
         "registry_delete_enabled": True,
     },
     "valid-mirrors": mirrors(
-        {"username": "ci-bot", "password": MIRROR_PASSWORD},
+        {"username": "ci-bot", "password": MIRROR_PASSWORD, "share_upstream_account": True},
         {"name": "ghcr", "remote_url": "https://ghcr.io", "port": 5002, "auth": False},
     ),
+    "mirror-account-behind-login": {
+        "registry_auth_users": AUTH_USERS,
+        "registry_auth_allow_plain_http": True,
+        **mirrors({"username": "ci-bot", "password": MIRROR_PASSWORD}),
+    },
     "mirror-stores-inside-the-mounted-share": {
         "storagebox_mount_state": "mounted",
         **mirrors({"data_dir": "/mnt/storagebox/cache/hub"}),

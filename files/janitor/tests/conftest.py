@@ -41,6 +41,12 @@ S3_QUICK = (
 )
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
+# The tests pause garbage collection at exact points instead of waiting GC_SETTLE: allow 0
+# (config.SETTLE_FLOOR), in this process and every janitor it starts.
+os.environ.setdefault("JANITOR_TEST_SETTLE_FLOOR", "0")
+# Tests damage blobs on purpose and verify at once; production waits until a blob's data has
+# not changed for verify.MIN_AGE before it believes a mismatch.
+os.environ.setdefault("JANITOR_TEST_VERIFY_MIN_AGE", "0")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
 
 

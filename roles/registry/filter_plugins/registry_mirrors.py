@@ -37,6 +37,7 @@ def registry_mirrors_resolved(
             "credentials": bool(mirror.get("username") or mirror.get("password")),
             "data_dir": mirror.get("data_dir") or posixpath.join(str(data_root), name),
             "auth": mirror.get("auth", True),
+            "share_upstream_account": mirror.get("share_upstream_account", False),
             "ca_certificate": mirror.get("ca_certificate") or "",
             "metrics_port": mirror.get("metrics_port") or 0,
             "service": f"mirror-{name}",
@@ -69,13 +70,15 @@ def registry_mirror_problems(
     data_root: str,
     taken_ports: Mapping[str, Any],
     stores: Mapping[str, Any],
+    auth_users: bool = False,
 ) -> list[str]:
     """Everything wrong with registry_mirrors, one sentence per problem; [] when usable.
 
     taken_ports: {variable name: port} of the other ports on the host (registry_port, SSH);
     stores: {variable name: directory} of data no mirror may share (registry_data_dir, the
     janitor's data directory): a mirror's store is never swept, and a swept store never
-    holds a mirror's data.
+    holds a mirror's data. auth_users: registry_auth_users is set (a mirror with `auth` then
+    asks clients to log in).
     """
     mirrors = list(mirrors)
     problems: list[str] = []
@@ -152,6 +155,21 @@ def registry_mirror_problems(
 
         if not isinstance(mirror["auth"], bool):
             problems.append(f"{label}: auth must be true or false.")
+        elif (
+            username
+            and not (mirror["auth"] and auth_users)
+            and mirror["share_upstream_account"] is not True
+        ):
+            # The mirror pulls with the account for whoever asks it: every repository the
+            # account can read, private ones included, is then open to the allowed networks.
+            problems.append(
+                f"{label}: the upstream account {username!r} would be used for anyone who can"
+                " reach this mirror without logging in (auth false, or no registry_auth_users):"
+                " every repository it can read, private ones included, becomes pullable from"
+                " registry_cache_allowed_cidrs. Use an account that reads only public images"
+                " and set share_upstream_account: true to say so, or serve the mirror with"
+                " auth (registry_auth_users)."
+            )
 
         data_dir = mirror["data_dir"]
         if not isinstance(data_dir, str) or not data_dir.startswith("/"):

@@ -29,3 +29,22 @@ def write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
 
 def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     write_bytes(path, text.encode(), mode=mode)
+
+
+def write_at(dir_fd: int, name: str, data: bytes) -> None:
+    """write_bytes relative to an open directory: the temporary file is created there with
+    O_EXCL|O_NOFOLLOW and renamed over `name` (a symlink at `name` is replaced, never
+    followed)."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise

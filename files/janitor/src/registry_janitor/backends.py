@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from registry_janitor.config import Config
-from registry_janitor.hold import HELD_BLOBS
+from registry_janitor.executor import TRASH_DIR
+from registry_janitor.hold import HELD_BLOBS, HELD_LAYERS
+from registry_janitor.quarantine import QUARANTINE_DIR
 from registry_janitor.storage import BLOBS, REPOSITORIES, FilesystemStorage, Storage
 
 
@@ -13,9 +15,11 @@ def open_storage(cfg: Config) -> Storage:
 
         # A connection per I/O thread, and two for the main thread's own requests.
         return S3Storage(cfg.s3, max_connections=cfg.concurrency + 2)
-    # The held blobs' directory is an anchor too: garbage collection renames every
-    # candidate into it and deletes it from there.
-    return FilesystemStorage(cfg.data_dir, anchors=(REPOSITORIES, BLOBS, HELD_BLOBS))
+    # The janitor's own directories are anchors too (garbage collection renames every
+    # candidate into the held blobs' directory and deletes it from there; every deleted tag
+    # and revision passes through the trash): each is opened once, never through a link.
+    anchors = (REPOSITORIES, BLOBS, HELD_BLOBS, HELD_LAYERS, TRASH_DIR, QUARANTINE_DIR)
+    return FilesystemStorage(cfg.data_dir, anchors=anchors)
 
 
 def store_missing(cfg: Config) -> str | None:

@@ -45,6 +45,12 @@ _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 
 
+# GC_SETTLE's floor, in seconds (see the error in load()). Tests, which pause the collection
+# at exact points instead, lower it through the environment; nothing else should.
+SETTLE_FLOOR = 2
+SETTLE_FLOOR_ENV = "JANITOR_TEST_SETTLE_FLOOR"
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -107,6 +113,13 @@ SETTINGS: dict[str, Setting] = {
             "--gc-settle",
             "60s",
             "how long held blobs wait for manifest pushes in flight (janitor engine)",
+        ),
+        Setting(
+            "JANITOR_REGISTRY_LOG",
+            "--registry-log",
+            "",
+            "the registry's log file (info level): blobs clients touched are never held, and"
+            " a held blob a client asks for goes back at once (janitor engine)",
         ),
         Setting(
             "REVISION_GRACE",
@@ -273,6 +286,7 @@ class Config:
     verify_budget: Budget = Budget(seconds=600)
     verify_interval: int | None = 30 * 86400
     s3: S3Settings | None = None  # set: the store is in a bucket, not under data_dir
+    registry_log: Path | None = None  # the registry's log file (registry_log.py)
 
     @property
     def store(self) -> str:
@@ -353,6 +367,11 @@ def load(
     if s3 is None and not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
     registry_config = Path(raw["registry_config"])
+    registry_log = Path(raw["registry_log"]) if raw["registry_log"].strip() else None
+    if registry_log is not None and not registry_log.parent.is_dir():
+        raise ConfigError(
+            name("registry_log"), f'directory does not exist: "{registry_log.parent}"'
+        )
     gc_will_run = (command == "gc" or (command == "sweep" and b["run_gc"])) and raw[
         "gc_engine"
     ].strip().lower() == "registry"
@@ -386,6 +405,14 @@ def load(
         )
     gc_grace = parse_duration(name("gc_grace"), raw["gc_grace"])
     gc_settle = parse_duration(name("gc_settle"), raw["gc_settle"])
+    floor = int(os.environ.get(SETTLE_FLOOR_ENV) or SETTLE_FLOOR)
+    if gc_settle < floor:
+        raise ConfigError(
+            name("gc_settle"),
+            f"must be at least {floor}s: a manifest push that found its blobs before they were"
+            " held needs that long to link its revision, and a shorter wait deletes blobs of"
+            f' an image the registry just accepted; got "{raw["gc_settle"]}"',
+        )
     revision_grace = parse_duration(name("revision_grace"), raw["revision_grace"])
     if gc_grace < revision_grace:
         # A blob younger than an unreachable manifest's grace could belong to a push whose
@@ -407,6 +434,7 @@ def load(
         dry_run=b["dry_run"],
         data_dir=data_dir,
         registry_config=registry_config,
+        registry_log=registry_log,
         registry_bin=raw["registry_bin"],
         run_gc=b["run_gc"],
         keep_min_age=min_age,

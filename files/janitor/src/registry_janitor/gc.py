@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry_janitor import store
-from registry_janitor.hold import Hold
+from registry_janitor.hold import HELD_BLOBS, Hold
 from registry_janitor.manifests import ManifestReader, closure
 from registry_janitor.output import Output, human_bytes, iso
 from registry_janitor.quarantine import Quarantine
 from registry_janitor.records import SweepStats
+from registry_janitor.registry_log import RegistryLog
 from registry_janitor.storage import BLOBS, Stat, Storage
+from registry_janitor.survey import Complete, Incomplete, Survey
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,13 @@ log = logging.getLogger(__name__)
 # <dir>/<phase>.go, so a test can act (push, kill) at an exact point. Unset in production.
 PAUSE_DIR_ENV = "JANITOR_TEST_PAUSE_DIR"
 PHASES = ("mark", "hold", "settle", "restore", "delete")
+# A held blob that cannot be put back is tried this many times, waiting a little longer each
+# time (SMB: a rename fails while another client holds a file of the directory open).
+RESTORE_ATTEMPTS = 4
+# Candidates held between two reads of the registry's log (registry_log.py): the smaller, the
+# shorter the time a HEAD can land unseen between the read and the hold.
+HOLD_BATCH = 32
+RESTORE_BACKOFF = 0.5
 
 
 def pause(phase: str, stop: threading.Event) -> None:
@@ -63,6 +72,7 @@ class Candidate:
     digest: str
     size: int
     mtime: float
+    version: float  # Stat.version when marked: a later upload of the blob changes it
 
 
 @dataclass
@@ -70,11 +80,13 @@ class Mark:
     marked: frozenset[str] = frozenset()
     candidates: list[Candidate] = field(default_factory=list)
     spared: int = 0  # unreferenced but younger than the grace period
+    touched: int = 0  # unreferenced and old, but a client asked for it within the grace
     problems: list[str] = field(default_factory=list)  # why nothing may be deleted
+    proof: Complete | None = None  # every read of the mark succeeded
 
     @property
     def complete(self) -> bool:
-        return not self.problems
+        return self.proof is not None
 
 
 def _who_links(roots: Mapping[str, frozenset[str]], digest: str) -> str:
@@ -94,8 +106,12 @@ class Collector:
         grace: int,
         settle: int,
         dry_run: bool,
+        registry_log: RegistryLog | None = None,
     ) -> None:
         self.storage = storage
+        self.registry_log = registry_log
+        self._log_gap_said = False
+        self._touched_back: set[str] = set()  # held blobs put back because a client asked
         self.pool = pool
         self.reader = reader
         self.out = out
@@ -104,16 +120,15 @@ class Collector:
         self.grace = grace
         self.settle_seconds = settle
         self.dry_run = dry_run
+        self._held: dict[str, Candidate] = {}  # held now: put back if anything goes wrong
+        self._held_lock = threading.Lock()
 
     # -- reads only ----------------------------------------------------------------------
-    def mark(
-        self, roots: Mapping[str, frozenset[str]], now: float, unreadable_repos: list[str]
-    ) -> Mark:
-        """The mark and the candidates; `unreadable_repos` are repositories the scan could not
-        read completely (their revisions are unknown, so nothing may be deleted)."""
+    def mark(self, roots: Mapping[str, frozenset[str]], survey: Survey, now: float) -> Mark:
+        """The mark and the candidates. `roots`: the revisions linked in every repository
+        the survey read; `survey`: the reads that found them. Any read that failed, there or
+        here, leaves the mark without a proof and with no candidate."""
         result = Mark()
-        for repo in unreadable_repos:
-            result.problems.append(f"repository {repo} could not be read completely")
         reach = closure(frozenset().union(*roots.values()) if roots else (), self.reader)
         quarantined = (
             {e.digest: e for e in Quarantine(self.storage).entries()} if reach.unreadable else {}
@@ -128,58 +143,99 @@ class Collector:
                     f" (verify found it corrupt on {iso(entry.when)} and moved it to"
                     f" {entry.path}): push that image again, or delete its tags"
                 )
-            result.problems.append(f"{where}: {why}")
+            survey.gap(where, why)
         result.marked = reach.marked
-        if not result.complete:
-            return result
-        prefixes = [p for p in store.list_names(self.storage, BLOBS) if len(p) == 2]
+        if not survey.gaps:
+            self._candidates(survey, reach.marked, now, result)
+            self._spare_touched(result, now)
+        try:
+            result.proof = survey.seal()
+        except Incomplete as exc:
+            result.problems = [str(g) for g in exc.gaps]
+            result.candidates = []
+        return result
+
+    def _candidates(self, survey: Survey, marked: frozenset[str], now: float, result: Mark) -> None:
+        """Unmarked blobs older than the grace period (through the survey: a blob that
+        cannot be listed or stat'ed is a gap, its age unknown)."""
+        prefixes = [e.name for e in survey.list(BLOBS) or () if e.is_dir and len(e.name) == 2]
         if self.storage.listing_is_cheap:
             # An object store lists every blob with its size and mtime: no stat per blob,
             # except for those the listing shows young: a blob the janitor put back carries
             # its older mtime in metadata that only a stat returns (s3.py).
-            listed: dict[str, Stat | str | None] = dict(self._list_blobs(prefixes))
-            unmarked = sorted(d for d in listed if d not in reach.marked)
+            listed: dict[str, Stat | None] = dict(self._list_blobs(survey, prefixes))
+            unmarked = sorted(d for d in listed if d not in marked)
             young = [
                 d
                 for d in unmarked
                 if isinstance(st := listed[d], Stat) and now - st.mtime < self.grace
             ]
             listed.update(
-                zip(young, store.pmap_batched(self.pool, self._stat_data, young), strict=True)
+                zip(
+                    young,
+                    store.pmap_batched(self.pool, lambda d: self._stat_data(survey, d), young),
+                    strict=True,
+                )
             )
-            stats: Iterable[Stat | str | None] = (listed[d] for d in unmarked)
+            stats: Iterable[Stat | None] = (listed[d] for d in unmarked)
         else:
             names_by_prefix = store.pmap(
-                self.pool, lambda p: store.list_names(self.storage, f"{BLOBS}/{p}"), prefixes
+                self.pool, lambda p: survey.list(f"{BLOBS}/{p}") or [], prefixes
             )
             unmarked = [
-                f"sha256:{h}"
-                for names in names_by_prefix
-                for h in names
-                if store.HEX.fullmatch(h) and f"sha256:{h}" not in reach.marked
+                f"sha256:{e.name}"
+                for entries in names_by_prefix
+                for e in entries
+                if e.is_dir and store.HEX.fullmatch(e.name) and f"sha256:{e.name}" not in marked
             ]
-            stats = store.pmap_batched(self.pool, self._stat_data, unmarked)
+            stats = store.pmap_batched(self.pool, lambda d: self._stat_data(survey, d), unmarked)
         for digest, st in zip(unmarked, stats, strict=True):
-            if isinstance(st, str):
-                result.problems.append(f"blob {digest}: {st}")
-            elif st is None:
+            if st is None or not st.is_file:
                 continue  # no data (yet): an upload being committed, or gone
-            elif now - st.mtime >= self.grace:
-                result.candidates.append(Candidate(digest, st.size, st.mtime))
+            if now - st.mtime >= self.grace:
+                result.candidates.append(Candidate(digest, st.size, st.mtime, st.version))
             else:
                 result.spared += 1
-        if result.problems:  # a blob we cannot stat: we cannot tell its age either
-            result.candidates = []
-        return result
 
-    def _list_blobs(self, prefixes: list[str]) -> Iterator[tuple[str, Stat | None]]:
+    def _spare_touched(self, result: Mark, now: float) -> None:
+        """Candidates a client touched within the grace (the registry's log) stay: a HEAD
+        of an old blob is how a push that will name it starts."""
+        if self.registry_log is None or not result.candidates:
+            return
+        seen = self.registry_log.read_all()
+        if seen is None:
+            self._log_gap("cannot read it")
+            return
+        keep = {d for d, when in seen.items() if now - when < self.grace}
+        if keep:
+            before = len(result.candidates)
+            result.candidates = [c for c in result.candidates if c.digest not in keep]
+            result.touched = before - len(result.candidates)
+
+    def _log_gap(self, why: str) -> None:
+        if self._log_gap_said:
+            return
+        self._log_gap_said = True
+        self.out.emit(
+            "registry_log_gap",
+            f"the registry's log ({why}) does not tell every blob clients asked for: this run"
+            " holds and puts back as it does without the log",
+            level=logging.WARNING,
+        )
+
+    def _touched_since(self) -> set[str]:
+        """Blobs the registry logged as touched since the last read."""
+        if self.registry_log is None:
+            return set()
+        found, complete = self.registry_log.follow()
+        if not complete:
+            self._log_gap("rotated, cut or unreadable")
+        return set(found)
+
+    def _list_blobs(self, survey: Survey, prefixes: list[str]) -> Iterator[tuple[str, Stat | None]]:
         """digest -> stat of its `data` (None: no data: an upload being committed), for
         every blob directory below the two-character prefixes, one listing per prefix."""
-        for prefix, files in zip(
-            prefixes,
-            store.pmap(self.pool, lambda p: self.storage.walk(f"{BLOBS}/{p}"), prefixes),
-            strict=True,
-        ):
+        for files in store.pmap(self.pool, lambda p: survey.walk(f"{BLOBS}/{p}"), prefixes):
             found: dict[str, Stat | None] = {}
             for name, st in files:
                 hexpart, _, rest = name.partition("/")
@@ -191,14 +247,8 @@ class Collector:
                     found.setdefault(hexpart, None)
             yield from ((f"sha256:{h}", st) for h, st in found.items())
 
-    def _stat_data(self, digest: str) -> Stat | str | None:
-        try:
-            st = self.storage.stat(store.blob_data(digest))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return f"cannot stat its data: {exc.strerror or exc}"
-        return st if st.is_file else None
+    def _stat_data(self, survey: Survey, digest: str) -> Stat | None:
+        return survey.stat(store.blob_data(digest))
 
     # -- changes -------------------------------------------------------------------------
     def collect(
@@ -209,10 +259,39 @@ class Collector:
         stats: SweepStats,
     ) -> None:
         """Hold, settle, re-check, put back, delete. `held_layers`: repositories whose
-        `_layers` the prune held; they are settled here too."""
+        `_layers` the prune held; they are settled here too.
+
+        Everything from the first hold to the last delete is one transaction: whatever
+        raises on the way, every blob still held is put back before the error propagates.
+        """
+        try:
+            self._collect(mark, roots, held_layers, stats)
+        except BaseException:
+            left = self._held_now()
+            if left:
+                log.error("garbage collection failed: putting back %d held blobs", len(left))
+                try:
+                    self._restore(left)
+                except OSError as exc:  # named above, blob by blob; the first error matters
+                    log.error("%s", exc)
+            raise
+
+    def _held_now(self) -> set[str]:
+        with self._held_lock:
+            return set(self._held)
+
+    def _collect(
+        self,
+        mark: Mark,
+        roots: Mapping[str, frozenset[str]],
+        held_layers: list[str],
+        stats: SweepStats,
+    ) -> None:
         t = time.monotonic()
         pause("mark", self.stop)
-        held = self._hold_all(mark.candidates)
+        held: dict[str, Candidate] = {}
+        if mark.proof is not None:
+            held = self._hold_all(mark.candidates, mark.proof, stats)
         stats.phases["hold"] = round(time.monotonic() - t, 3)
         pause("hold", self.stop)
         if held or held_layers:
@@ -221,12 +300,16 @@ class Collector:
             stats.phases["settle"] = round(time.monotonic() - t, 3)
         pause("settle", self.stop)
         t = time.monotonic()
+        proof: Complete | None = None
         if self.stop.is_set():
             log.warning("stopped: putting back %d held blobs", len(held))
             restored = set(held)
             self._restore(restored)
         else:
-            restored = self._recheck(roots, held)
+            restored, proof = self._recheck(roots, held)
+            if held and proof is None:
+                stats.gc_ok = False
+                stats.gc_message = "no blob deleted: the re-check could not read the store"
         for repo in held_layers:
             if self.hold.settle_layers(repo):
                 self.out.emit(
@@ -235,70 +318,107 @@ class Collector:
                     level=logging.WARNING,
                     repository=repo,
                 )
+        self._put_back_touched()
+        restored |= self._touched_back
         stats.blobs_restored += len(restored)
         stats.phases["restore"] = round(time.monotonic() - t, 3)
         pause("restore", self.stop)
         t = time.monotonic()
         doomed = [c for c in held.values() if c.digest not in restored]
-        results = self._drop_all(doomed)
-        for c, ok in zip(doomed, results, strict=True):
-            if ok:
-                stats.blobs_deleted += 1
-                stats.bytes_reclaimed += c.size
-                self._record(c)
-            else:
-                stats.errors += 1
+        if doomed and proof is not None:
+            results = self._drop_all(doomed, proof)
+            for c, ok in zip(doomed, results, strict=True):
+                if ok:
+                    stats.blobs_deleted += 1
+                    stats.bytes_reclaimed += c.size
+                    self._record(c)
+                else:
+                    stats.errors += 1
         stats.phases["delete"] = round(time.monotonic() - t, 3)
         pause("delete", self.stop)
 
-    def _hold_all(self, candidates: list[Candidate]) -> dict[str, Candidate]:
-        def one(c: Candidate) -> bool:
-            if self.stop.is_set():
-                return False
-            # Re-checked right before: an upload of the same blob since the mark refreshed it.
-            try:
-                st = self.storage.stat(store.blob_data(c.digest))
-            except FileNotFoundError:
-                return False
-            if st.mtime != c.mtime:
-                return False
-            return self.hold.hold_blob(c.digest)
+    def _hold_all(
+        self, candidates: list[Candidate], proof: Complete, stats: SweepStats
+    ) -> dict[str, Candidate]:
+        """Holds every candidate it can. `proof`: the mark that chose them was complete. A
+        blob that cannot be held (an error: Samba refuses to rename a directory holding an
+        open file) stays in place, named in a warning: it is not deleted in this run."""
+        del proof  # asked for, not read: only a complete mark may hold anything
+        failed: list[tuple[str, str]] = []
 
-        return {
-            c.digest: c
-            for c, ok in zip(
-                candidates, store.pmap_batched(self.pool, one, candidates), strict=True
+        def one(c: Candidate) -> None:
+            if self.stop.is_set():
+                return
+            try:
+                # Re-checked right before: an upload of the same blob since the mark changed it.
+                st = self.storage.stat(store.blob_data(c.digest))
+                if st.version != c.version or not self.hold.hold_blob(c.digest):
+                    return
+            except FileNotFoundError:
+                return
+            except Exception as exc:  # noqa: BLE001 every error: the blob stays, nothing escapes
+                failed.append((c.digest, str(getattr(exc, "strerror", None) or exc)))
+                return
+            with self._held_lock:
+                self._held[c.digest] = c
+
+        for i in range(0, len(candidates), HOLD_BATCH):
+            # The barrier: every HEAD answered before now is in the log; a blob it names
+            # is not held (its client may PUT a manifest naming it any moment).
+            touched = self._touched_since()
+            batch = [c for c in candidates[i : i + HOLD_BATCH] if c.digest not in touched]
+            stats.blobs_touched += len(candidates[i : i + HOLD_BATCH]) - len(batch)
+            list(store.pmap_batched(self.pool, one, batch))
+            self._put_back_touched()
+        for digest, why in sorted(failed):
+            self.out.emit(
+                "blob_not_held",
+                f"cannot hold blob {digest} ({why}): it stays, and is not deleted in this run",
+                level=logging.WARNING,
+                digest=digest,
+                error=why,
             )
-            if ok
-        }
+        stats.blobs_not_held += len(failed)
+        with self._held_lock:
+            return dict(self._held)
 
     def _settle(self) -> None:
         deadline = time.monotonic() + self.settle_seconds
         while not self.stop.is_set():
+            self._put_back_touched()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             time.sleep(min(left, 0.2))
 
-    def _recheck(self, roots: Mapping[str, frozenset[str]], held: dict[str, Candidate]) -> set[str]:
-        """Digests put back: what manifests linked since the mark reach."""
-        if not held:
-            return set()
-        try:
-            now = store.linked_revisions(self.storage, self.pool)
-        except OSError as exc:
+    def _put_back_touched(self) -> None:
+        """A held blob a client asks for (HEAD, GET, mount, or a manifest refused naming it)
+        goes back at once: its push is in flight."""
+        back = self._touched_since() & self._held_now()
+        if back:
+            self._restore(back)
+            self._touched_back |= back
             self.out.emit(
-                "gc_recheck_failed",
-                f"cannot re-read the repositories ({exc}): putting back all {len(held)} held blobs",
-                level=logging.ERROR,
+                "blobs_restored",
+                f"put back {len(back)} held blob(s) at once: a client asked for them",
+                level=logging.INFO,
+                count=len(back),
             )
-            self._restore(set(held))
-            return set(held)
+
+    def _recheck(
+        self, roots: Mapping[str, frozenset[str]], held: dict[str, Candidate]
+    ) -> tuple[set[str], Complete | None]:
+        """Digests put back (what manifests linked since the mark reach), and the proof that
+        the re-check read everything. Without it every held blob goes back."""
+        if not held:
+            return set(), None
+        survey = Survey(self.storage)
+        now = store.linked_revisions(survey, self.pool)
         new = {d for repo, revs in now.items() for d in revs - roots.get(repo, frozenset())}
         restored: set[str] = set()
         seen: set[str] = set()
         frontier = set(new)
-        while frontier:
+        while frontier and not survey.gaps:
             seen |= frontier
             back = (frontier & held.keys()) - restored
             self._restore(back)
@@ -309,21 +429,24 @@ class Collector:
             for digest, m in self.reader.read_many(frontier).items():
                 if m is None:
                     why = self.reader.problems.get(digest, "unreadable")
-                    self.out.emit(
-                        "gc_recheck_failed",
-                        f"a manifest pushed during garbage collection cannot be read"
-                        f" ({digest}: {why}): putting back all held blobs",
-                        level=logging.ERROR,
-                        digest=digest,
-                    )
-                    rest = set(held) - restored
-                    self._restore(rest)
-                    return restored | rest
+                    survey.gap(digest, f"a manifest pushed during garbage collection: {why}")
+                    continue
                 blobs = {b for b, _ in m.blobs} & held.keys()
                 self._restore(blobs - restored)
                 restored |= blobs
                 nxt.update(m.children)
             frontier = nxt - seen
+        try:
+            proof = survey.seal()
+        except Incomplete as exc:
+            self.out.emit(
+                "gc_recheck_failed",
+                f"cannot re-read the store ({exc}): putting back all {len(held)} held blobs",
+                level=logging.ERROR,
+            )
+            rest = set(held) - restored
+            self._restore(rest)
+            return restored | rest, None
         if restored:
             self.out.emit(
                 "blobs_restored",
@@ -332,12 +455,43 @@ class Collector:
                 level=logging.WARNING,
                 count=len(restored),
             )
-        return restored
+        return restored, proof
 
     def _restore(self, digests: set[str]) -> None:
-        list(store.pmap_batched(self.pool, self.hold.restore_blob, sorted(digests)))
+        """Put held blobs back. One that fails is tried again a few times; one still held
+        after that is named (the next run puts it back first thing) and never deleted."""
+        failed = {d: "" for d in digests}
+        for attempt in range(RESTORE_ATTEMPTS):
+            if attempt:
+                time.sleep(RESTORE_BACKOFF * attempt)
+            results = store.pmap_batched(self.pool, self._restore_one, sorted(failed))
+            failed = {d: why for d, why in zip(sorted(failed), results, strict=True) if why}
+            if not failed:
+                return
+        for digest, why in sorted(failed.items()):
+            self.out.emit(
+                "error",
+                f"failed: put back held blob {digest} ({why}): it stays in {HELD_BLOBS} until"
+                " the next run puts it back; a pull of it fails until then",
+                level=logging.ERROR,
+                digest=digest,
+                error=why,
+            )
+        raise OSError(f"{len(failed)} held blob(s) could not be put back: {', '.join(failed)}")
 
-    def _drop_all(self, doomed: list[Candidate]) -> list[bool]:
+    def _restore_one(self, digest: str) -> str:
+        """ "" when the blob is back, else why not."""
+        try:
+            self.hold.restore_blob(digest)
+        except Exception as exc:  # noqa: BLE001 every error: keep putting back the others
+            return str(getattr(exc, "strerror", None) or exc) or type(exc).__name__
+        with self._held_lock:
+            self._held.pop(digest, None)
+        return ""
+
+    def _drop_all(self, doomed: list[Candidate], proof: Complete) -> list[bool]:
+        """Deletes held blobs; `proof`: the re-check read everything."""
+        del proof  # asked for, not read: only a complete re-check may delete anything
         if self.storage.renames:
             return list(store.pmap_batched(self.pool, self._drop, doomed))
         # An object store: batches of 1,000 keys per request, the batches in parallel.
@@ -349,6 +503,10 @@ class Collector:
             failed.update(errors)
         for digest, exc in failed.items():
             self._drop_failed(digest, exc)
+        with self._held_lock:
+            for c in doomed:
+                if c.digest not in failed:
+                    self._held.pop(c.digest, None)
         return [c.digest not in failed for c in doomed]
 
     def _drop(self, c: Candidate) -> bool:
@@ -357,6 +515,8 @@ class Collector:
         except OSError as exc:
             self._drop_failed(c.digest, exc)
             return False
+        with self._held_lock:
+            self._held.pop(c.digest, None)
         return True
 
     def _drop_failed(self, digest: str, exc: OSError) -> None:

@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 
 HOLD_DIR = ".registry-janitor-held"
 HELD_BLOBS = f"{HOLD_DIR}/blobs"
-_LAYERS = f"{HOLD_DIR}/layers"
+HELD_LAYERS = f"{HOLD_DIR}/layers"
 
 
 def _layers_entry(repo: str) -> str:
     # Repository names never contain `%` (the registry allows [a-z0-9._-] and `/`).
-    return f"{_LAYERS}/{repo.replace('/', '%')}"
+    return f"{HELD_LAYERS}/{repo.replace('/', '%')}"
 
 
 def _exists(storage: Storage, path: str) -> bool:
@@ -142,7 +142,7 @@ class Hold:
         self.storage.delete(_layers_entry(repo))
 
     def held_layers(self) -> list[str]:
-        return [n.replace("%", "/") for n in list_names(self.storage, _LAYERS)]
+        return [n.replace("%", "/") for n in list_names(self.storage, HELD_LAYERS)]
 
     def repository_in_use(self, repo: str) -> bool:
         """A push reached the repository after (or while) it was removed: it has a revision

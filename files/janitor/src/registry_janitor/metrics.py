@@ -46,6 +46,14 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter",
         "Blobs garbage collection held and put back: a manifest pushed meanwhile named them.",
     ),
+    "blobs_touched_total": (
+        "counter",
+        "Garbage candidates kept because the registry's log showed a client asking for them.",
+    ),
+    "blobs_not_held_total": (
+        "counter",
+        "Garbage candidates that could not be held (an error on the share): left in place.",
+    ),
 }
 
 
@@ -94,6 +102,8 @@ def render(
         "blobs_deleted_total": stats.blobs_deleted,
         "bytes_reclaimed_total": stats.bytes_reclaimed,
         "blobs_restored_total": stats.blobs_restored,
+        "blobs_not_held_total": stats.blobs_not_held,
+        "blobs_touched_total": stats.blobs_touched,
     }
     for name, value in counters.items():
         samples[name] = [("", previous.get(P + name, 0.0) + value)]

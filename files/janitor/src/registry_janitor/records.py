@@ -62,6 +62,8 @@ class SweepStats:
     blobs_deleted: int = 0
     blobs_spared: int = 0  # unreferenced, but younger than the grace period
     blobs_restored: int = 0  # held, then put back: a manifest pushed meanwhile names them
+    blobs_not_held: int = 0  # candidates that could not be held (an error): not deleted
+    blobs_touched: int = 0  # candidates the registry's log showed a client asking for: kept
     bytes_reclaimed: int = 0
     blobs_unknown_size: int = 0
     duration: float = 0.0

@@ -7,6 +7,7 @@ distinct manifest once; never stats the blobs themselves.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -17,6 +18,9 @@ from registry_janitor import manifests, store
 from registry_janitor.output import Output, human_bytes, iso
 from registry_janitor.records import Repository
 from registry_janitor.storage import Storage
+from registry_janitor.survey import Survey
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,10 @@ def usage(repos: Sequence[Repository], reader: manifests.ManifestReader) -> list
 
 
 def run(storage: Storage, pool: Executor, out: Output, stream: TextIO) -> None:
-    repos = store.scan(storage, pool)
+    survey = Survey(storage)
+    repos = store.scan(survey, pool)
+    for gap in survey.gaps:
+        log.warning("report: %s", gap)
     reader = manifests.ManifestReader(storage, pool)
     try:
         rows = usage(repos, reader)

@@ -51,6 +51,9 @@ for GC_GRACE. So every copy the janitor makes carries the source's mtime in its 
 a filesystem). A listing cannot show metadata: it shows the newer LastModified, so a caller
 that finds an object young in a listing stats it before relying on that (gc.py does). An
 upload of the same blob replaces the object and its metadata: then it is young, rightly.
+To tell whether an object changed, callers compare `Stat.version`: the object's own
+LastModified in a stat and in a listing alike (comparing a listed mtime with a carried one
+would find every blob once put back "changed" forever, and never collect it again).
 
 A held repository's `_layers` is held the same way (each link copied, then deleted); links
 are tiny.
@@ -123,11 +126,14 @@ def _mtime(value: object) -> float:
 
 def _stat(response: dict[str, Any], size: int | None = None) -> Stat:
     """The stat of a HEAD or GET response: the mtime a janitor's copy carries, if any."""
-    mtime = _mtime(response.get("LastModified"))
+    stamp = mtime = _mtime(response.get("LastModified"))
     carried = str((response.get("Metadata") or {}).get(MTIME_META, ""))
     if carried.isdigit():
         mtime = float(carried)
-    return Stat(int(response.get("ContentLength", 0)) if size is None else size, mtime)
+    # `stamp`: the object's own LastModified, what a listing shows too: a caller comparing a
+    # listed and a stat'ed object compares versions, not the carried mtime.
+    size = int(response.get("ContentLength", 0)) if size is None else size
+    return Stat(size, mtime, stamp=stamp)
 
 
 def client(settings: S3Settings, max_connections: int) -> Any:
@@ -231,7 +237,9 @@ class S3Storage:
                 return
             token = page.get("NextContinuationToken")
             if not token:
-                return
+                # A truncated listing that does not say where to go on: the rest is unknown,
+                # and a listing taken as complete here would let GC delete what it misses.
+                raise OSError(errno.EIO, f"{what}: truncated listing without a continuation token")
 
     def list(self, path: str) -> list[Entry]:
         prefix = self._dir_prefix(path)
@@ -290,8 +298,12 @@ class S3Storage:
             size = int(content_range.rsplit("/", 1)[1])
         return data[:limit], _stat(resp, size)
 
-    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
+    def read_chunks(
+        self, path: str, chunk_size: int, *, fresh: bool = False
+    ) -> Generator[bytes | memoryview, None, None]:
         # One GET streamed in pieces: the body is never held whole (blobs of gigabytes).
+        # Every GET reaches the server: nothing is cached here, so `fresh` changes nothing.
+        del fresh
         resp = self._call(f"read {path}", "get_object", Key=self._key(path))
         body = resp["Body"]
         try:

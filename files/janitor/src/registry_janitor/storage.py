@@ -21,7 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +38,7 @@ BLOBS = f"{V2}/blobs/sha256"
 class Entry:
     name: str
     is_dir: bool  # a real directory: never a symlink to one
+    is_link: bool = False  # a symbolic link (the registry's filesystem driver follows it)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,15 @@ class Stat:
     mtime: float
     is_dir: bool = False
     is_file: bool = True  # a regular file (not a symlink, device or directory)
+    is_link: bool = False
+    # What tells one version of the file from another: the mtime on a filesystem; on an
+    # object store the object's own LastModified, which a janitor's copy does not carry over
+    # (s3.py: `mtime` is then the copied-from mtime, `stamp` the copy's).
+    stamp: float | None = None
+
+    @property
+    def version(self) -> float:
+        return self.mtime if self.stamp is None else self.stamp
 
 
 # What walk() returns: (path relative to the walked directory, its stat) per file.
@@ -72,8 +83,11 @@ class Storage(Protocol):
         Not a regular file (a directory, a symlink): b"" and a stat with is_file False."""
         ...
 
-    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
-        """The whole content of a regular file, in pieces of at most `chunk_size` bytes, for
+    def read_chunks(
+        self, path: str, chunk_size: int, *, fresh: bool = False
+    ) -> Generator[bytes | memoryview, None, None]:
+        """`fresh`: bypass what the client cached of the file (a second read that must not
+        repeat the first one's pages). The whole content of a regular file, in pieces of at most `chunk_size` bytes, for
         content too large to hold at once (blobs). A generator: the file is opened on the
         first `next()` and closed at the end or when the generator is closed (use
         `contextlib.closing`). A piece may be reused for the next one: consume it at once.
@@ -112,17 +126,24 @@ class Storage(Protocol):
     def close(self) -> None: ...
 
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _NOFOLLOW
 
 
 class FilesystemStorage:
     """The registry's filesystem driver: a directory tree under `root`.
 
     Built for a slow network filesystem, where every path component can cost a round trip:
-    the directories most paths go through (repositories, blobs) are opened once and paths
-    below them are resolved from those descriptors. Symlinks are never followed below the
-    root: a planted link cannot make the janitor read or delete outside the store.
+    the directories most paths go through (repositories, blobs, the janitor's own) are opened
+    once and paths below them are resolved from those descriptors.
+
+    Symlinks are never followed below the root, at any level: each component of an anchor
+    (and of every other path outside the anchors) is opened with O_NOFOLLOW, so a planted link
+    (`.registry-janitor-held` pointing elsewhere, say) cannot make the janitor read, move or
+    delete outside the store; such a path fails with ELOOP. Only `root` itself may be a link
+    (the operator's choice). Below an anchor, the last component of a path is never followed
+    (lstat, O_NOFOLLOW, rename and unlink act on the link itself).
     """
 
     renames = True
@@ -137,26 +158,79 @@ class FilesystemStorage:
     def __repr__(self) -> str:
         return f"FilesystemStorage({str(self.root)!r})"
 
+    def _root_fd(self) -> int:
+        with self._lock:
+            fd = self._fds.get("")
+            if fd is None:
+                fd = self._fds[""] = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            return fd
+
+    def _descend(self, path: str, *, create: bool = False) -> int:
+        """A new descriptor of the directory `path` below the root, every component opened
+        without following a link (ELOOP or ENOTDIR when one is a link). `create`: make the
+        missing ones."""
+        fd = os.dup(self._root_fd())
+        try:
+            for part in path.split("/") if path else ():
+                try:
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # another thread made it meanwhile
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _anchor_fd(self, anchor: str) -> int | None:
         with self._lock:
             fd = self._fds.get(anchor)
-            if fd is None:
-                try:
-                    fd = os.open(self.root / anchor, _DIR)
-                except OSError:
-                    return None  # not there yet (a fresh store): full paths until it is
-                self._fds[anchor] = fd
+        if fd is not None:
             return fd
+        try:
+            fd = self._descend(anchor)
+        except FileNotFoundError:
+            return None  # not there yet (a fresh store): resolved component by component
+        with self._lock:
+            if anchor in self._fds:  # another thread opened it meanwhile
+                os.close(fd)
+                return self._fds[anchor]
+            self._fds[anchor] = fd
+        return fd
 
-    def _at(self, path: str) -> tuple[int | None, str]:
-        """(directory descriptor or None, path relative to it)."""
+    def _anchored(self, path: str) -> tuple[int, str] | None:
+        """(anchor descriptor, path relative to it) for a path strictly below an open anchor."""
         for anchor in self._anchors:
-            if path == anchor or path.startswith(anchor + "/"):
+            if path.startswith(anchor + "/"):
                 fd = self._anchor_fd(anchor)
-                if fd is not None:
-                    return fd, path[len(anchor) + 1 :] or "."
-                break
-        return None, str(self.root / path) if path else str(self.root)
+                return None if fd is None else (fd, path[len(anchor) + 1 :])
+        return None
+
+    @contextmanager
+    def _at(self, path: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """(directory descriptor, path relative to it) for the duration of the block: the
+        anchor's descriptor below an anchor; elsewhere (and with `create`, which makes missing
+        parents) the parent directory, descended into without following links."""
+        found = None if create else self._anchored(path)
+        if found is not None:
+            yield found
+            return
+        parent, _, name = path.rpartition("/")
+        if not name:
+            yield self._root_fd(), "."
+            return
+        fd = self._descend(parent, create=create)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -165,27 +239,25 @@ class FilesystemStorage:
             self._fds.clear()
 
     def list(self, path: str) -> list[Entry]:
-        dir_fd, rel = self._at(path)
-        # The root and the anchors may be symlinks the user configured; nothing below them.
-        follow = rel == "." or (dir_fd is None and path in ("", *self._anchors))
-        fd = os.open(rel, _DIR | (0 if follow else _NOFOLLOW), dir_fd=dir_fd)
+        with self._at(path) as (dir_fd, rel):
+            fd = os.open(rel, _DIR_FLAGS, dir_fd=dir_fd)
         try:
             with os.scandir(fd) as it:
-                return [Entry(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                return [Entry(e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it]
         finally:
             os.close(fd)
 
     def stat(self, path: str) -> Stat:
-        dir_fd, rel = self._at(path)
-        return _stat(os.lstat(rel, dir_fd=dir_fd))
+        with self._at(path) as (dir_fd, rel):
+            return _stat(os.lstat(rel, dir_fd=dir_fd))
 
     def read(self, path: str, limit: int) -> tuple[bytes, Stat]:
-        dir_fd, rel = self._at(path)
         try:
-            fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
+            with self._at(path) as (dir_fd, rel):
+                fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a symlink where a file should be
-                return b"", Stat(0, 0.0, is_dir=False, is_file=False)
+                return b"", Stat(0, 0.0, is_dir=False, is_file=False, is_link=True)
             raise
         try:
             st = _stat(os.fstat(fd))
@@ -203,13 +275,19 @@ class FilesystemStorage:
         finally:
             os.close(fd)
 
-    def read_chunks(self, path: str, chunk_size: int) -> Generator[bytes | memoryview, None, None]:
-        dir_fd, rel = self._at(path)
-        fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
+    def read_chunks(
+        self, path: str, chunk_size: int, *, fresh: bool = False
+    ) -> Generator[bytes | memoryview, None, None]:
+        with self._at(path) as (dir_fd, rel):
+            fd = os.open(rel, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
         try:
             st = os.fstat(fd)
             if not _stat(st).is_file:
                 raise OSError(errno.EINVAL, "not a regular file", path)
+            if fresh and hasattr(os, "posix_fadvise"):
+                # Drop the file's cached pages: the reads below reach the server (the cifs
+                # client, too, reads from its server what is not in the page cache).
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             # One buffer per file, read into without a copy; no larger than the file (plus
             # one byte to see its end in the same read), so small blobs cost small buffers.
             buf = bytearray(max(1, min(chunk_size, st.st_size + 1)))
@@ -223,30 +301,33 @@ class FilesystemStorage:
             os.close(fd)
 
     def write(self, path: str, data: bytes) -> None:
-        target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(target, data)
+        with self._at(path, create=True) as (dir_fd, rel):
+            atomic.write_at(dir_fd, rel, data)
 
     def move(self, src: str, dst: str) -> None:
-        src_fd, src_rel = self._at(src)
-        dst_fd, dst_rel = self._at(dst)
-        try:
-            os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-        except FileNotFoundError:
-            # The source is gone, or the target's parent does not exist yet. Never decide by
-            # whether the parent existed: another thread may have just created it.
-            parent = dst.rpartition("/")[0]
-            if not parent or not _exists(self, src):
-                raise
-            (self.root / parent).mkdir(parents=True, exist_ok=True)
-            os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        with self._at(src) as (src_fd, src_rel):
+            try:
+                with self._at(dst) as (dst_fd, dst_rel):
+                    os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            except FileNotFoundError:
+                # The source is gone, or the target's parent does not exist yet. Never decide
+                # by whether the parent existed: another thread may have just created it.
+                parent = dst.rpartition("/")[0]
+                if not parent or not _exists(self, src):
+                    raise
+                with self._at(dst, create=True) as (dst_fd, dst_rel):
+                    os.rename(src_rel, dst_rel, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
-    def _parent(self, path: str) -> tuple[int | None, str, bool]:
-        """(descriptor of the parent directory or None, last component, owned). The parent is
-        opened with O_NOFOLLOW: a parent swapped for a symlink is never followed. O_PATH: the
+    def _parent(self, path: str) -> tuple[int, str, bool]:
+        """(descriptor of the parent directory, last component, owned). The parent is opened
+        with O_NOFOLLOW: a parent swapped for a symlink is never followed. O_PATH: the
         descriptor only names the directory for the *at calls, so the filesystem is not asked
         to open it (one round trip less on a network filesystem)."""
-        dir_fd, rel = self._at(path)
+        found = self._anchored(path)
+        if found is None:
+            parent, _, name = path.rpartition("/")
+            return self._descend(parent), name, True
+        dir_fd, rel = found
         parent, _, name = rel.rpartition("/")
         if not parent:
             return dir_fd, name, False
@@ -264,7 +345,7 @@ class FilesystemStorage:
         try:
             remove_tree(name, fd)
         finally:
-            if owned and fd is not None:
+            if owned:
                 os.close(fd)
 
     def rmdir(self, path: str) -> None:
@@ -272,14 +353,14 @@ class FilesystemStorage:
         try:
             os.rmdir(name, dir_fd=fd)
         finally:
-            if owned and fd is not None:
+            if owned:
                 os.close(fd)
 
     def walk(self, path: str) -> Files:
-        dir_fd, rel = self._at(path)
         out: Files = []
         try:
-            fd = os.open(rel, _DIR_FLAGS, dir_fd=dir_fd)
+            with self._at(path) as (dir_fd, rel):
+                fd = os.open(rel, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return out
         except OSError as exc:
@@ -292,9 +373,9 @@ class FilesystemStorage:
     def delete_many(self, paths: Sequence[str]) -> dict[str, OSError]:
         failed: dict[str, OSError] = {}
         for path in paths:
-            dir_fd, rel = self._at(path)
             try:
-                os.unlink(rel, dir_fd=dir_fd)
+                with self._at(path) as (dir_fd, rel):
+                    os.unlink(rel, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -334,11 +415,13 @@ def _exists(storage: FilesystemStorage, path: str) -> bool:
 def _stat(st: os.stat_result) -> Stat:
     import stat as s
 
-    return Stat(st.st_size, st.st_mtime, s.S_ISDIR(st.st_mode), s.S_ISREG(st.st_mode))
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
-_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _NOFOLLOW
+    return Stat(
+        st.st_size,
+        st.st_mtime,
+        s.S_ISDIR(st.st_mode),
+        s.S_ISREG(st.st_mode),
+        is_link=s.S_ISLNK(st.st_mode),
+    )
 
 
 def remove_tree(name: str, dir_fd: int | None = None) -> None:

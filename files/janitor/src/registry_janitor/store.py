@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from registry_janitor.records import Repository, Tag
 from registry_janitor.storage import BLOBS, REPOSITORIES, Storage
+from registry_janitor.survey import Incomplete, Survey
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +80,36 @@ class _Dir:
     name: str  # repository name relative to the repositories root ("" for the root)
     children: list[str] = field(default_factory=list)
     registry_dirs: set[str] = field(default_factory=set)
-    error: str | None = None
 
     @property
     def path(self) -> str:
         return f"{REPOSITORIES}/{self.name}" if self.name else REPOSITORIES
 
 
-def _list_dir(storage: Storage, d: _Dir) -> _Dir:
-    try:
-        # Only real directories count: a symlinked directory is not descended into, so links
-        # (and link loops) cannot take the walk outside the store.
-        for e in storage.list(d.path):
-            if not e.is_dir:
-                continue
-            if e.name.startswith("_"):
-                d.registry_dirs.add(e.name)
-            else:
-                d.children.append(e.name)
-    except FileNotFoundError:
-        pass  # removed while we walked (e.g. by a concurrent janitor), or no store yet
-    except OSError as exc:
-        d.error = f"cannot list {d.path}: {exc.strerror or exc}"
+_LINK = (
+    "a symbolic link: the registry's filesystem driver follows it, the janitor does not; put"
+    " the directory itself there (or remove the link)"
+)
+
+
+def _list_dir(survey: Survey, d: _Dir) -> _Dir:
+    before = len(survey.gaps)
+    entries = survey.list(d.path)
+    gone = entries is None and len(survey.gaps) == before
+    if gone and not d.name and survey.stat(BLOBS) is not None:
+        # No repositories at all, yet blobs: something moved them (a half-restored copy?).
+        survey.gap(d.path, "missing while the store has blobs")
+    for e in entries or ():
+        if e.is_link:
+            # Below it the registry serves repositories the janitor cannot see: their
+            # manifests would look unreferenced. (A link named `_x` is the registry's own.)
+            survey.gap(f"{d.path}/{e.name}", _LINK)
+        elif not e.is_dir:
+            continue  # a file: the registry's catalog ignores it too
+        elif e.name.startswith("_"):
+            d.registry_dirs.add(e.name)
+        else:
+            d.children.append(e.name)
     return d
 
 
@@ -113,30 +122,34 @@ def list_names(storage: Storage, path: str, *, dirs_only: bool = True) -> list[s
     return sorted(e.name for e in entries if e.is_dir or not dirs_only)
 
 
-def _names(storage: Storage, path: str, *, dirs_only: bool = True) -> tuple[list[str], str | None]:
-    try:
-        return list_names(storage, path, dirs_only=dirs_only), None
-    except OSError as exc:
-        return [], f"cannot list {path}: {exc.strerror or exc}"
+def _dir_names(survey: Survey, path: str, repo: str, *, hexnames: bool = False) -> list[str]:
+    """Sorted names of the directories in `path` ([] when it does not exist). A symbolic link
+    there, or (`hexnames`) a directory whose name is not a sha256 hex digest, is a gap: the
+    registry may serve what is behind it."""
+    names = []
+    for e in survey.list(path, repo) or ():
+        if e.is_link:
+            survey.gap(f"{path}/{e.name}", _LINK, repo)
+        elif e.is_dir and hexnames and not HEX.fullmatch(e.name):
+            survey.gap(f"{path}/{e.name}", "not a sha256 digest the janitor understands", repo)
+        elif e.is_dir:
+            names.append(e.name)
+    return sorted(names)
 
 
-def discover(storage: Storage, pool: Executor | None = None) -> list[_Dir]:
+def discover(survey: Survey, pool: Executor | None = None) -> list[_Dir]:
     """Every directory holding `_manifests` or `_layers` (a repository: the registry's
-    catalog lists the latter), nested names included.
+    catalog lists the latter), nested names included. A directory that cannot be listed,
+    or a link, is a gap of the whole store: repositories below it are unknown.
 
     Walks breadth first, one level at a time, listing a whole level concurrently.
     """
     found: list[_Dir] = []
     level = [_Dir("")]
     while level:
-        listed = list(pmap(pool, lambda d: _list_dir(storage, d), level))
+        listed = list(pmap(pool, lambda d: _list_dir(survey, d), level))
         nxt: list[_Dir] = []
         for d in listed:
-            if d.error and not d.name:
-                # The root itself: a lost mount must fail the sweep, not look like an empty store.
-                raise OSError(d.error)
-            if d.error:
-                log.warning("%s; repositories below it are skipped this time", d.error)
             if d.name and d.registry_dirs & {"_manifests", "_layers"}:
                 found.append(d)
             for child in sorted(d.children):
@@ -145,17 +158,19 @@ def discover(storage: Storage, pool: Executor | None = None) -> list[_Dir]:
     return found
 
 
-def _tag_record(storage: Storage, repo: str, name: str) -> tuple[Tag | None, str | None]:
+def _tag_record(survey: Survey, repo: str, name: str) -> Tag | None:
     tag_dir = f"{REPOSITORIES}/{repo}/_manifests/tags/{name}"
-    try:
-        digest, mtime = read_link(storage, f"{tag_dir}/current/link")
-        if mtime is None:  # no link: age of the tag directory decides if it is a leftover
-            mtime = storage.stat(tag_dir).mtime
-    except FileNotFoundError:
-        return None, None  # the tag vanished while we looked
-    except OSError as exc:
-        return None, f"cannot read tag {name}: {exc.strerror or exc}"
-    return Tag(repo, name, digest, mtime), None
+    link = f"{tag_dir}/current/link"
+    found = survey.read(link, _LINK_MAX, repo)
+    if found is None:  # no link (or unreadable: a gap): the tag directory's age decides
+        st = survey.stat(tag_dir, repo)
+        return None if st is None else Tag(repo, name, None, st.mtime)
+    raw, st = found
+    if not st.is_file:
+        survey.gap(link, "not a regular file (the registry would follow a link)", repo)
+        return None
+    text = raw.decode("ascii", "replace").strip()
+    return Tag(repo, name, text if DIGEST.fullmatch(text) else None, st.mtime)
 
 
 def revisions_of(storage: Storage, repo: str) -> frozenset[str]:
@@ -164,59 +179,77 @@ def revisions_of(storage: Storage, repo: str) -> frozenset[str]:
     return frozenset(f"sha256:{h}" for h in names if HEX.fullmatch(h))
 
 
-def _read_repository(storage: Storage, d: _Dir) -> tuple[Repository, list[str]]:
+def _revisions(survey: Survey, d: _Dir) -> frozenset[str]:
+    path = f"{d.path}/_manifests/revisions/sha256"
+    return frozenset(f"sha256:{h}" for h in _dir_names(survey, path, d.name, hexnames=True))
+
+
+def _read_repository(survey: Survey, d: _Dir) -> tuple[Repository, list[str]]:
     """The repository record without its tags, and the names of its tags."""
-    errors = [d.error] if d.error else []
     has_manifests = "_manifests" in d.registry_dirs
     tag_names: list[str] = []
-    rev_names: list[str] = []
+    revisions: frozenset[str] = frozenset()
     if has_manifests:
-        tag_names, err = _names(storage, f"{d.path}/_manifests/tags")
-        errors += [err] if err else []
-        rev_names, err = _names(storage, f"{d.path}/_manifests/revisions/sha256")
-        errors += [err] if err else []
-    uploads: list[str] = []
+        tag_names = _dir_names(survey, f"{d.path}/_manifests/tags", d.name)
+        revisions = _revisions(survey, d)
+    uploads = 0
     if "_uploads" in d.registry_dirs:
-        uploads, err = _names(storage, f"{d.path}/_uploads", dirs_only=False)
-        errors += [err] if err else []
+        uploads = len(survey.list(f"{d.path}/_uploads", d.name) or ())
     repo = Repository(
-        name=d.name,
-        revisions=frozenset(f"sha256:{h}" for h in rev_names if HEX.fullmatch(h)),
-        uploads=len(uploads),
-        has_manifests=has_manifests,
-        errors=tuple(errors),
+        name=d.name, revisions=revisions, uploads=uploads, has_manifests=has_manifests
     )
     return repo, tag_names
 
 
-def scan(storage: Storage, pool: Executor | None = None) -> list[Repository]:
-    """All repositories with their tags and revisions, sorted by name."""
-    read = list(pmap(pool, lambda d: _read_repository(storage, d), discover(storage, pool)))
+def scan(survey: Survey, pool: Executor | None = None) -> list[Repository]:
+    """All repositories with their tags and revisions, sorted by name. What could not be
+    read is in the survey; a repository with gaps of its own has them as `errors` (prune
+    leaves it untouched)."""
+    found = discover(survey, pool)
+    lost = [g for g in survey.gaps if g.path == REPOSITORIES]
+    if lost:
+        # A lost mount must fail the run, never look like an empty store.
+        raise Incomplete(lost)
+    read = list(pmap(pool, lambda d: _read_repository(survey, d), found))
     tags: dict[str, list[Tag]] = {}
-    errors: dict[str, list[str]] = {}
     jobs = [(r.name, name) for r, names in read for name in names]
-    records = pmap_batched(pool, lambda job: _tag_record(storage, *job), jobs)
-    for (name, _), (tag, err) in zip(jobs, records, strict=True):
+    records = pmap_batched(pool, lambda job: _tag_record(survey, *job), jobs)
+    for (name, _), tag in zip(jobs, records, strict=True):
         if tag is not None:
             tags.setdefault(name, []).append(tag)
-        if err is not None:
-            errors.setdefault(name, []).append(err)
+    errors: dict[str, list[str]] = {}
+    for gap in survey.gaps:
+        if gap.repository is not None:
+            errors.setdefault(gap.repository, []).append(str(gap))
     out = []
     for repo, _ in read:
-        extra = tuple(errors.get(repo.name, ()))
-        for e in repo.errors + extra:
+        errs = tuple(errors.get(repo.name, ()))
+        for e in errs:
             log.warning("%s: %s; leaving this repository untouched", repo.name, e)
-        out.append(replace(repo, tags=tuple(tags.get(repo.name, ())), errors=repo.errors + extra))
+        out.append(replace(repo, tags=tuple(tags.get(repo.name, ())), errors=errs))
     return sorted(out, key=lambda r: r.name)
 
 
-def linked_revisions(storage: Storage, pool: Executor | None = None) -> dict[str, frozenset[str]]:
+def reread(
+    survey: Survey, names: Iterable[str], pool: Executor | None = None
+) -> dict[str, tuple[list[Tag], frozenset[str]]]:
+    """repository -> (its tags, its revisions) as they are now: what prune re-reads right
+    before it unlinks revisions, so a push since the scan keeps what it reaches."""
+    dirs = [_Dir(n, registry_dirs={"_manifests"}) for n in names]
+    read = list(pmap(pool, lambda d: _read_repository(survey, d), dirs))
+    jobs = [(r.name, name) for r, names in read for name in names]
+    records = pmap_batched(pool, lambda job: _tag_record(survey, *job), jobs)
+    tags: dict[str, list[Tag]] = {}
+    for (name, _), tag in zip(jobs, records, strict=True):
+        if tag is not None:
+            tags.setdefault(name, []).append(tag)
+    return {r.name: (tags.get(r.name, []), r.revisions) for r, _ in read}
+
+
+def linked_revisions(survey: Survey, pool: Executor | None = None) -> dict[str, frozenset[str]]:
     """repository -> revisions linked now: what garbage collection re-reads after it held
-    its candidates. Raises when any repository cannot be listed (the caller must then keep
-    every held blob)."""
-    dirs = discover(storage, pool)
-    failed = [d.error for d in dirs if d.error]
-    if failed:
-        raise OSError(failed[0])
-    names = [d.name for d in dirs if "_manifests" in d.registry_dirs]
-    return dict(zip(names, pmap(pool, lambda n: revisions_of(storage, n), names), strict=True))
+    its candidates. What could not be read is in the survey (the caller seals it)."""
+    dirs = [d for d in discover(survey, pool) if "_manifests" in d.registry_dirs]
+    return dict(
+        zip((d.name for d in dirs), pmap(pool, lambda d: _revisions(survey, d), dirs), strict=True)
+    )

@@ -50,6 +50,10 @@ def summary(
             )
         if stats.blobs_restored:
             parts.append(f"{_n(stats.blobs_restored, 'held blob')} put back")
+        if stats.blobs_touched:
+            parts.append(f"{_n(stats.blobs_touched, 'candidate')} kept: a client asked for it")
+        if stats.blobs_not_held:
+            parts.append(f"{_n(stats.blobs_not_held, 'candidate')} could not be held (kept)")
         parts.append(f"gc {stats.gc_duration:.1f} s" + ("" if stats.gc_ok else " FAILED"))
     elif command == "prune" and stats.gc_engine == "registry":
         parts.append("garbage-collect next")

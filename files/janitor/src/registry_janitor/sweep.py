@@ -27,7 +27,9 @@ from registry_janitor.hold import Hold
 from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
+from registry_janitor.registry_log import RegistryLog
 from registry_janitor.storage import Storage
+from registry_janitor.survey import Survey, describe
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,11 @@ class Janitor:
         try:
             if not self.cfg.dry_run:
                 self._resolve_interrupted()
-            roots, unreadable = self._prune(stats) if run_prune else self._linked(stats)
+            roots, survey = self._prune(stats) if run_prune else self._linked(stats)
             if self.stop.is_set():
                 stats.stopped = True
             elif run_gc and self._gc_engine == "janitor":
-                self._collect(roots, unreadable, stats)
+                self._collect(roots, survey, stats)
             elif run_gc and self.gc_due(stats if run_prune else None):
                 self._registry_gc(stats)
             elif run_gc and not self.cfg.dry_run:
@@ -128,13 +130,14 @@ class Janitor:
             log.info("%d trash entries cannot be deleted yet; the next run retries", left)
 
     # -- prune -------------------------------------------------------------------------
-    def _prune(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], list[str]]:
+    def _prune(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], Survey]:
         """Returns the revisions linked after the prune (the roots of a collection) and the
-        repositories that could not be read completely."""
+        survey that read them (with what it could not read)."""
         cfg = self.cfg
         now = time.time()
         t0 = time.monotonic()
-        repos = store.scan(self.storage, self.pool)
+        survey = Survey(self.storage)
+        repos = store.scan(survey, self.pool)
         t1 = time.monotonic()
         first_seen = plan.load_first_seen(self.storage) if cfg.gc_delete_untagged else {}
         plans = plan.plan_all(
@@ -184,7 +187,7 @@ class Janitor:
             for r in repos
             if r.complete and r.has_manifests
         }
-        return roots, [r.name for r in repos if not r.complete]
+        return roots, survey
 
     def _save_first_seen(self, seen: plan.FirstSeen) -> None:
         try:
@@ -192,16 +195,14 @@ class Janitor:
         except OSError as exc:
             log.warning("cannot save %s: %s", plan.UNREACHABLE_FILE, exc)
 
-    def _linked(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], list[str]]:
+    def _linked(self, stats: SweepStats) -> tuple[dict[str, frozenset[str]], Survey]:
         """The roots for a collection run on its own."""
         t0 = time.monotonic()
-        try:
-            roots = store.linked_revisions(self.storage, self.pool)
-        except OSError as exc:
-            return {}, [str(exc)]
+        survey = Survey(self.storage)
+        roots = store.linked_revisions(survey, self.pool)
         stats.repositories = len(roots)
         stats.phases["scan"] = round(time.monotonic() - t0, 3)
-        return roots, []
+        return roots, survey
 
     def _apply(self, plans: Sequence[RepoPlan], stats: SweepStats) -> dict[str, frozenset[str]]:
         """Applies (or in a dry run, names) the plan; returns the revisions unlinked."""
@@ -230,8 +231,8 @@ class Janitor:
             pending.mark(self.storage, self._sizes_freed(plans))
         # Tags before revisions: a stop in between leaves revisions for the next sweep, never
         # a tag pointing at an unlinked manifest.
-        failed = self._run_phase(tags, stats)
-        self._keep_roots_of(failed, plans)
+        self._run_phase(tags, stats)
+        self._keep_what_is_tagged_now(plans, stats)
         revisions = [("revision", p, d) for p in plans for d in p.unlink]
         not_unlinked = self._run_phase(revisions, stats)
         self._run_phase(leftovers, stats)
@@ -252,26 +253,46 @@ class Janitor:
         done = store.pmap_batched(self.pool, lambda op: self._run(op, stats), ops)
         return [op for op, ok in zip(ops, done, strict=True) if not ok]
 
-    def _keep_roots_of(self, failed: Sequence[_Op], plans: Sequence[RepoPlan]) -> None:
-        """A tag that could not be deleted (an error, a push since the scan, a stop) still
-        points at its manifest: that manifest and what it reaches stay linked."""
-        by_plan: dict[int, set[str]] = {}
-        for _, p, item in failed:
-            assert isinstance(item, retention.TagDecision)
-            digests = by_plan.setdefault(id(p), set())
-            if item.tag.digest:
-                digests.add(item.tag.digest)
-            current, _ = store.read_link(
-                self.storage, f"{executor.tag_dir(p.repository, item.tag.name)}/current/link"
-            )
-            if current:
-                digests.add(current)
-        for p in plans:
-            if id(p) in by_plan and p.unlink:
-                reach = manifests.closure(by_plan[id(p)], self.reader)
-                p.unlink = (
-                    [] if not reach.complete else [d for d in p.unlink if d not in reach.reachable]
+    def _keep_what_is_tagged_now(self, plans: Sequence[RepoPlan], stats: SweepStats) -> None:
+        """Right before revisions are unlinked: re-read each repository's tags and revisions.
+        What a tag reaches now (a tag not deleted after all, a tag pushed since the scan) and
+        what a revision linked since the scan reaches (an index pushed meanwhile that reuses
+        an old child: buildx and `imagetools create` do not upload children the registry
+        has) stays linked. A repository that cannot be re-read unlinks nothing."""
+        todo = [p for p in plans if p.unlink]
+        if not todo:
+            return
+        survey = Survey(self.storage)
+        now = store.reread(survey, (p.repository.name for p in todo), self.pool)
+        for p in todo:
+            name = p.repository.name
+            gaps = survey.gaps_of(name)
+            tags, revisions = now[name]
+            roots = {t.digest for t in tags if t.digest} | (revisions - p.repository.revisions)
+            reach = manifests.closure(roots, self.reader) if not gaps else None
+            if reach is None or not reach.complete:
+                why = describe(gaps) if gaps else "a manifest a tag reaches cannot be read"
+                with self._stats_lock:
+                    stats.errors += 1
+                self.out.emit(
+                    "error",
+                    f"{name}: cannot re-read before unlinking ({why}); no revision unlinked",
+                    level=logging.ERROR,
+                    repository=name,
                 )
+                p.unlink = []
+                continue
+            kept = [d for d in p.unlink if d in reach.reachable]
+            if kept:
+                self.out.emit(
+                    "skipped",
+                    f"{name}: {len(kept)} revision(s) kept after all: a tag or a manifest pushed"
+                    " since the scan reaches them",
+                    level=logging.WARNING,
+                    repository=name,
+                    digests=kept,
+                )
+            p.unlink = [d for d in p.unlink if d not in reach.reachable]
 
     def _sizes_freed(self, plans: Sequence[RepoPlan]) -> dict[str, int]:
         """digest -> size of the blobs named by the revisions about to be unlinked."""
@@ -361,9 +382,7 @@ class Janitor:
         return True
 
     # -- garbage collection --------------------------------------------------------------
-    def _collect(
-        self, roots: dict[str, frozenset[str]], unreadable: list[str], stats: SweepStats
-    ) -> None:
+    def _collect(self, roots: dict[str, frozenset[str]], survey: Survey, stats: SweepStats) -> None:
         cfg = self.cfg
         warn_blobdescriptor(cfg.registry_config, self.out)
         self.out.emit(
@@ -381,8 +400,25 @@ class Janitor:
             grace=cfg.gc_grace,
             settle=cfg.gc_settle,
             dry_run=cfg.dry_run,
+            registry_log=RegistryLog(cfg.registry_log) if cfg.registry_log else None,
         )
-        mark = collector.mark(roots, time.time(), unreadable)
+        try:
+            self._mark_and_collect(collector, roots, survey, stats, t0)
+        finally:
+            if collector.registry_log is not None:
+                collector.registry_log.close()
+
+    def _mark_and_collect(
+        self,
+        collector: Collector,
+        roots: dict[str, frozenset[str]],
+        survey: Survey,
+        stats: SweepStats,
+        t0: float,
+    ) -> None:
+        cfg = self.cfg
+        mark = collector.mark(roots, survey, time.time())
+        stats.blobs_touched += mark.touched
         stats.phases["mark"] = round(time.monotonic() - t0, 3)
         stats.gc_ran = True
         stats.blobs_marked = len(mark.marked)
@@ -392,8 +428,10 @@ class Janitor:
                 self.out.emit("gc_refused", f"gc: {problem}", level=logging.ERROR)
             stats.gc_ok = False
             stats.gc_message = (
-                f"no blob deleted: {len(mark.problems)} problem(s) above; fix or remove what"
-                " they name (the image cannot be pulled either), then sweep again"
+                f"no blob deleted: {len(mark.problems)} part(s) of the store could not be read"
+                " or understood (above), and the janitor deletes only what a complete read"
+                " proves unused; fix what they name (the mount, permissions, a link, a"
+                " broken image), then sweep again"
             )
             self.out.emit("gc_failed", f"gc failed: {stats.gc_message}", level=logging.ERROR)
             if self._held_layers:

@@ -44,10 +44,11 @@ from registry_janitor.backends import open_storage
 from registry_janitor.config import Budget, Config
 from registry_janitor.gc import pause
 from registry_janitor.hold import Hold
-from registry_janitor.output import Output, human_bytes, iso
+from registry_janitor.output import Output, human_bytes, human_duration, iso
 from registry_janitor.quarantine import QUARANTINE_DIR, Entry, Quarantine
 from registry_janitor.records import VerifyStats
 from registry_janitor.storage import BLOBS, Storage
+from registry_janitor.survey import Survey
 from registry_janitor.verified import STATE_FILE, Blob, Record, State, queue, take
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,17 @@ COMMIT_BLOBS = 500
 # Test-only: commit after this many blobs; sleep this long before each blob.
 BATCH_ENV = "JANITOR_TEST_VERIFY_BATCH"
 DELAY_ENV = "JANITOR_TEST_VERIFY_DELAY"
+# A blob whose `data` changed less than this long ago is never moved out of service: the
+# registry writes manifest blobs in place, so one being written reads as "corrupt" for a
+# moment. It is reported and checked again by the next run. (Tests lower it.)
+MIN_AGE = 600
+MIN_AGE_ENV = "JANITOR_TEST_VERIFY_MIN_AGE"
 
 
 @dataclass
 class _Result:
     blob: Blob
-    outcome: str  # ok, corrupt, flaky, changed, gone, error, skipped
+    outcome: str  # ok, corrupt, flaky, young, changed, gone, error, skipped
     actual: str = ""  # digest of what was read, when it is not the blob's
     error: str = ""
     unparseable: bool = False  # a linked manifest, intact, that the janitor cannot parse
@@ -109,6 +115,7 @@ class Verifier:
         self._manifests: frozenset[str] = frozenset()
         self._reports: dict[str, dict[str, Any]] = {}  # quarantine entry -> its report
         self._delay = float(os.environ.get(DELAY_ENV) or 0)
+        self._min_age = float(os.environ.get(MIN_AGE_ENV) or MIN_AGE)
         self._batch = int(os.environ.get(BATCH_ENV) or COMMIT_BLOBS)
 
     def run(self, stats: VerifyStats | None = None) -> VerifyStats:
@@ -189,12 +196,12 @@ class Verifier:
 
     # -- listing ---------------------------------------------------------------------------
     def _revisions(self, stats: VerifyStats) -> dict[str, frozenset[str]]:
-        try:
-            return store.linked_revisions(self.storage, self.pool)
-        except OSError as exc:
-            self._error(f"cannot read the repositories ({exc}): manifests not checked")
+        survey = Survey(self.storage)
+        found = store.linked_revisions(survey, self.pool)
+        for gap in survey.gaps:
+            self._error(f"cannot read the repositories ({gap}): manifests below not checked")
             stats.errors += 1
-            return {}
+        return found
 
     def _list_blobs(self, stats: VerifyStats) -> tuple[list[Blob], bool]:
         """Every blob with its `data` stat; False when part of the listing failed."""
@@ -270,6 +277,16 @@ class Verifier:
                     findings.unreadable.add(b.digest)
             elif r.outcome == "corrupt":
                 findings.corrupt[b.digest] = self._quarantine(r, stats)
+            elif r.outcome == "young":
+                self.out.emit(
+                    "blob_read_mismatch",
+                    f"blob {b.digest}: hashed to {r.actual}, but its data changed less than"
+                    f" {human_duration(int(self._min_age))} ago (a write in progress?); not moved,"
+                    " checked again next run",
+                    level=logging.WARNING,
+                    digest=b.digest,
+                    actual=r.actual,
+                )
             elif r.outcome == "flaky":
                 self.out.emit(
                     "blob_read_mismatch",
@@ -321,7 +338,7 @@ class Verifier:
             time.sleep(self._delay)
         keep = blob.digest in self._manifests and blob.size <= manifests.MANIFEST_MAX
         try:
-            actual, content = self._hash(blob, keep)
+            actual, content, _ = self._hash(blob, keep)
             if actual == blob.digest:
                 unparseable = content is not None and manifests.parse(blob.digest, content) is None
                 return _Result(blob, "ok", unparseable=unparseable, at=time.time())
@@ -337,7 +354,10 @@ class Verifier:
                 changed = (st.size, st.mtime) != (blob.size, blob.mtime)
             if changed:
                 return _Result(blob, "changed")
-            again, _ = self._hash(blob, False)
+            if time.time() - st.mtime < self._min_age:
+                return _Result(blob, "young", actual=actual)
+            # The second read must not come from the first one's cached pages.
+            again, _, read = self._hash(blob, False, fresh=True)
         except _Stopped:
             return _Result(blob, "skipped")
         except FileNotFoundError:
@@ -346,20 +366,29 @@ class Verifier:
             return _Result(blob, "error", error=str(exc.strerror or exc))
         if again == blob.digest:
             return _Result(blob, "flaky", actual=actual)
+        if read != st.size:
+            # Fewer (or more) bytes than the file has: the read went wrong, not the content.
+            return _Result(blob, "error", error=f"read {read} of {st.size} bytes")
         return _Result(blob, "corrupt", actual=again)
 
-    def _hash(self, blob: Blob, keep: bool) -> tuple[str, bytes | None]:
+    def _hash(
+        self, blob: Blob, keep: bool, *, fresh: bool = False
+    ) -> tuple[str, bytes | None, int]:
+        """(digest of the content, the content when `keep`, bytes read). `fresh`: not from
+        the client's cache (storage.read_chunks)."""
         h = hashlib.sha256()
         parts: list[bytes] | None = [] if keep else None
-        chunks = self.storage.read_chunks(store.blob_data(blob.digest), CHUNK)
+        read = 0
+        chunks = self.storage.read_chunks(store.blob_data(blob.digest), CHUNK, fresh=fresh)
         with closing(chunks):
             for chunk in chunks:
                 if self.stop.is_set():
                     raise _Stopped
                 h.update(chunk)
+                read += len(chunk)
                 if parts is not None:
                     parts.append(bytes(chunk))
-        return f"sha256:{h.hexdigest()}", (b"".join(parts) if parts is not None else None)
+        return f"sha256:{h.hexdigest()}", (b"".join(parts) if parts is not None else None), read
 
     def _quarantine(self, r: _Result, stats: VerifyStats) -> str:
         """Moves a corrupt blob into the quarantine; returns where it went ("" in a dry run
@@ -491,7 +520,7 @@ class Verifier:
 
     def _tags_reaching(self, digests: set[str], corrupt: set[str]) -> dict[str, dict[str, str]]:
         """digest -> {"repo:tag": the tag's digest} for every tag whose image needs it."""
-        repos = store.scan(self.storage, self.pool)
+        repos = store.scan(Survey(self.storage), self.pool)
         reader = manifests.ManifestReader(self.storage, self.pool)
         for d in corrupt:  # still in place in a dry run: its content is not to be trusted
             reader.unusable(d, "corrupt")

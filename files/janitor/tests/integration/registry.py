@@ -30,11 +30,13 @@ _REVISION_LINK = re.compile(r".*/_manifests/revisions/sha256/[0-9a-f]{64}/link")
 _BLOB_DATA = re.compile(r"sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
 
 
-def write_config(path: Path, store: Store, port: int, *, blobdescriptor_cache: bool) -> None:
+def write_config(
+    path: Path, store: Store, port: int, *, blobdescriptor_cache: bool, log_level: str = "warn"
+) -> None:
     cache = "  cache:\n    blobdescriptor: inmemory\n" if blobdescriptor_cache else ""
     path.write_text(
         "version: 0.1\n"
-        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"log:\n  level: {log_level}\n  accesslog:\n    disabled: true\n"
         "storage:\n"
         f"{store.registry_storage_config()}"
         "  delete:\n    enabled: true\n"
@@ -55,6 +57,7 @@ class Registry:
         blobdescriptor_cache: bool = False,
         root: Path | None = None,
         store: Store | None = None,
+        log_level: str = "warn",
     ) -> None:
         assert REGISTRY_BIN is not None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,13 @@ class Registry:
         self.config = workdir / "config.yml"
         self.log = workdir / "registry.log"
         self.blobdescriptor_cache = blobdescriptor_cache
-        write_config(self.config, self.store, self.port, blobdescriptor_cache=blobdescriptor_cache)
+        write_config(
+            self.config,
+            self.store,
+            self.port,
+            blobdescriptor_cache=blobdescriptor_cache,
+            log_level=log_level,
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

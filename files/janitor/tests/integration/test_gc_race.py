@@ -168,3 +168,71 @@ def test_head_then_put_across_each_phase(
         assert reg.store.files(".registry-janitor-held") == {}
     finally:
         reg.stop()
+
+
+@pytest.mark.parametrize("when", ["before the sweep", "after the mark"])
+def test_head_then_put_with_the_registry_log_is_never_refused(
+    template: Template, tmp_path: Path, when: str, request: pytest.FixtureRequest
+) -> None:
+    """With the registry's log (JANITOR_REGISTRY_LOG, info level), the HEAD is seen: before
+    the sweep, layer A is no candidate (touched within the grace); after the mark, the
+    barrier before each hold batch drops it. Either way it is never held, and the manifest
+    PUT that follows is accepted (without the log, the hold makes it fail: the test above)."""
+    original, layout, d = template
+    reg = Registry(tmp_path / "registry", store=copy_of(original.store, request), log_level="info")
+    original.store.copy_into(reg.store)
+    reg.start()
+    try:
+        layer_a, racing = d["layer_a"]["digest"], d["racing"]
+        config_digest = json.loads(
+            (layout.path / "blobs" / "sha256" / racing["digest"][7:]).read_text()
+        )["config"]["digest"]
+        if when == "before the sweep":
+            assert call(reg, "HEAD", f"/v2/r/blobs/{layer_a}")[0] == 200
+        pauses = tmp_path / "pauses"
+        pauses.mkdir()
+        for other in gc.PHASES:
+            if other not in ("mark", "hold"):
+                (pauses / f"{other}.go").touch()
+        env = janitor.janitor_env(reg, {gc.PAUSE_DIR_ENV: str(pauses)})
+        cmd = [
+            sys.executable, "-m", "registry_janitor", "sweep", "--run-once", "--json",
+            *reg.janitor_args(), "--keep-last-n", "1", "--gc-settle", "2",
+            "--registry-log", str(reg.log),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_for(pauses / "mark.reached", proc)
+            if when == "after the mark":
+                assert call(reg, "HEAD", f"/v2/r/blobs/{layer_a}")[0] == 200
+            (pauses / "mark.go").touch()
+            wait_for(pauses / "hold.reached", proc)
+            assert not reg.store.is_dir(f".registry-janitor-held/blobs/{layer_a[7:]}")
+            upload(reg, "r", layout, config_digest)
+            status, body = push_manifest(reg, "r", "racing", layout, racing)
+            assert status == 201, (status, body)
+            (pauses / "hold.go").touch()
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        events = [json.loads(line) for line in out.splitlines() if line.strip()]
+        [summary] = [e for e in events if e["event"] == "summary"]
+        assert summary["blobs_deleted"] > 0  # the rest of the garbage still goes
+        for ref in ("r:racing", "r:new"):
+            result = pull(reg, ref, tmp_path / f"pulled-{ref}")
+            assert result.returncode == 0, f"{when}: {ref}: {result.stderr}"
+    finally:
+        reg.stop()
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"never reached {path.name}"
+        time.sleep(0.02)

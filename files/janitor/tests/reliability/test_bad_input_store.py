@@ -230,21 +230,25 @@ def sweep_with_symlinks(
         (reg.repositories / "ci" / "loop").symlink_to("..")  # ci/loop/ci/loop/...
         (reg.repositories / "team" / "svc" / "self").symlink_to(".")
     outside_before = FsStore(outside).fingerprint()
+    before = crashstore.visible_tags(reg.store)
+    blobs_before = {p for p in reg.store.files("docker/registry/v2/blobs")}
     start = time.monotonic()
     result = janitor.run(reg, *template.sweep_args, *extra)
     took = time.monotonic() - start
     print(f"exit {result.returncode} in {took:.2f} s\n{result.stderr[-3000:]}")
     assert took < 30, f"sweep took {took:.1f} s"
     assert FsStore(outside).fingerprint() == outside_before, "something outside the store changed"
-    # The janitor's own work is complete: the kept set, whole, and nothing else listed
-    # (`evil`, a symlink, is not a tag to the janitor: it neither ranks nor deletes it).
+    # The registry follows links, the janitor does not: each link is a gap it names. ci/app,
+    # which has links of its own (`evil`, a revision), is left untouched by the prune; the
+    # other repositories are pruned to the kept set; garbage collection deletes no blob.
     visible = crashstore.visible_tags(reg.store)
-    visible["ci/app"].discard("evil")
-    assert visible == template.kept_tags()
+    expected = {**template.kept_tags(), "ci/app": before["ci/app"]}
+    assert visible == expected
     for ref, digest in template.kept.items():
         repo, tag = ref.rsplit(":", 1)
         assert crashstore.tag_problems(reg.store, repo, tag, digest) == []
     assert crashstore.trash_entries(reg.store) == []
+    assert set(reg.store.files("docker/registry/v2/blobs")) == blobs_before
     return result, reg.root
 
 
@@ -254,19 +258,23 @@ def test_symlinks_out_of_the_store_are_not_followed(
     template: crashstore.Template, tmp_path: Path
 ) -> None:
     result, _ = sweep_with_symlinks(template, tmp_path, loops=False)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    for link in ("repositories/escape", "ci/app/_manifests/tags/evil", "revisions/sha256/000"):
+        assert f"{link}" in result.stderr and "a symbolic link" in result.stderr
+    assert "no blob deleted" in result.stderr
 
 
 @pytest.mark.backends("filesystem")
-def test_symlink_loop_ends_at_once_and_the_gc_engines_differ(
+def test_symlink_loop_ends_at_once_and_both_engines_fail_loudly(
     template: crashstore.Template, tmp_path: Path
 ) -> None:
-    """The janitor's scan and its own collection skip the loop: the sweep succeeds. The
+    """The janitor does not follow the loop: it names it and deletes no blob (exit 1). The
     registry's own garbage-collect follows it and fails ("failed to parse repo name
-    ci/loop/ci/loop/..."), so with GC_ENGINE=registry the sweep exits 1, says so, and GC stays
-    owed until someone removes the loop: loud, not silent, and nothing lost."""
+    ci/loop/ci/loop/..."), so with GC_ENGINE=registry the sweep exits 1 too, says so, and GC
+    stays owed until someone removes the loop: loud, not silent, and nothing lost."""
     result, root = sweep_with_symlinks(template, tmp_path / "janitor", loops=True)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "repositories/ci/loop: a symbolic link" in result.stderr
     result, root = sweep_with_symlinks(
         template, tmp_path / "registry", loops=True, extra=("--gc-engine", "registry")
     )

@@ -97,6 +97,25 @@ def test_move_a_directory_and_a_file(storage: Storage) -> None:
         storage.move("src/d", "elsewhere")
 
 
+def test_a_moved_file_keeps_its_mtime_and_its_version_matches_its_listing(
+    storage: Storage,
+) -> None:
+    """What garbage collection relies on (gc.py): a file moved away and back (the hold) keeps
+    the mtime it had, so its age does not restart; and the version a stat gives equals the
+    one a listing gives, so a blob once put back is not "changed since the mark" forever and
+    can be collected again (before, on S3: the listed LastModified was compared with the
+    carried mtime, which differ after every put-back)."""
+    write(storage, {"b/x/data": b"blob"})
+    written = storage.stat("b/x/data").mtime
+    time.sleep(1.1)  # a copy made later gets a later LastModified
+    storage.move("b/x", "held/x")
+    storage.move("held/x", "b/x")
+    st = storage.stat("b/x/data")
+    [(name, listed)] = storage.walk("b/x")
+    assert name == "data" and st.mtime == written
+    assert st.version == listed.version
+
+
 def test_delete_tree_file_and_gone(storage: Storage) -> None:
     write(storage, {"t/a/b": b"1", "t/c": b"2", "keep/x": b"3"})
     storage.delete("t/c")

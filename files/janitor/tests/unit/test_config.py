@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,23 @@ def test_bad_environment_value(
     assert err.count("\n") == 1 and err.startswith("registry-janitor: ")
     assert message in err
     assert list(data_dir.iterdir()) == []  # nothing touched, not even the lock file
+
+
+@pytest.mark.parametrize("value", ["0", "1s"])
+def test_gc_settle_below_its_floor_is_refused_with_the_reason(
+    value: str,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv(config.SETTLE_FLOOR_ENV)  # conftest.py lowers it for the other tests
+    monkeypatch.setenv("JANITOR_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("GC_SETTLE", value)
+    code, err = run_cli(["sweep"], capsys)
+    assert code == 2 and f"GC_SETTLE: must be at least {config.SETTLE_FLOOR}s" in err
+    assert "just accepted" in err and list(data_dir.iterdir()) == []
+    monkeypatch.setenv("GC_SETTLE", f"{config.SETTLE_FLOOR}s")
+    assert config.load({"data_dir": str(data_dir)}, env=os.environ).gc_settle == config.SETTLE_FLOOR
 
 
 BAD_FLAGS = [

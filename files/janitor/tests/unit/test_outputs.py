@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from registry_janitor import manifests, metrics, registry_gc, report, store
 from registry_janitor.records import SweepStats
+from registry_janitor.survey import Survey
 from synthetic import Store
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
@@ -78,7 +79,7 @@ def test_usage_splits_unique_and_shared_bytes(tmp_path: Path) -> None:
     s.tag("one", "a", shared_image, now - 100)
     s.tag("two", "a", shared_image, now - 50)
     s.tag("one", "b", s.image("only-one"), now)
-    repos = store.scan(s.storage)
+    repos = store.scan(Survey(s.storage))
     rows = {u.repository: u for u in report.usage(repos, manifests.ManifestReader(s.storage))}
     one, two = rows["one"], rows["two"]
     assert (one.tags, one.manifests) == (2, 2)

@@ -159,3 +159,47 @@ def test_a_leftover_tag_that_got_its_link_back_stays(
     monkeypatch.setattr(plan, "plan_all", plan_then_push)
     stats = prune(s)
     assert "stale" in tags(s, "r") and stats.leftovers_removed == 0
+
+
+def revision_linked(s: Store, repo: str, digest: str) -> bool:
+    path = s.repositories / repo / "_manifests" / "revisions" / "sha256" / digest[7:] / "link"
+    return path.is_file()
+
+
+@pytest.mark.parametrize("what", ["index reusing a child", "tag of the old index again"])
+def test_a_push_during_the_prune_keeps_the_old_manifests_it_reuses(
+    s: Store, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """buildx and containerd HEAD an index's children and upload only the missing ones;
+    `docker buildx imagetools create` re-tags an old index. A push like that between the
+    scan and the unlinks names manifests the plan has already decided to unlink: the prune
+    re-reads tags and revisions right before unlinking and keeps what they reach (before:
+    the child was unlinked and the new tag answered `manifest unknown`)."""
+    child = s.image("amd64")
+    sibling = s.image("arm64")
+    old_index = s.index([child, sibling])
+    s.revision("app", child)
+    s.revision("app", sibling)
+    s.tag("app", "old", old_index, OLD)
+    s.tag("app", "new", s.image("new"), NOW - 60)
+    real = Janitor._run_phase
+    calls = [0]
+
+    def push_before_unlinks(self: Janitor, ops: list[object], stats: SweepStats) -> object:
+        calls[0] += 1
+        done = real(self, ops, stats)  # type: ignore[arg-type]
+        if calls[0] == 1:  # tags deleted; revisions next: CI pushes right now
+            if what == "index reusing a child":
+                s.tag("app", "reuse", s.index([child]), time.time())
+            else:
+                s.tag("app", "again", old_index, time.time())
+        return done
+
+    monkeypatch.setattr(Janitor, "_run_phase", push_before_unlinks)
+    stats = prune(s, keep_last_n="1", revision_grace="0", gc_grace="0")
+    assert stats.tags_deleted == 1 and "old" not in tags(s, "app")
+    assert revision_linked(s, "app", child)
+    if what == "index reusing a child":
+        assert not revision_linked(s, "app", sibling)  # still unlinked: nothing reaches it
+    else:
+        assert revision_linked(s, "app", old_index) and revision_linked(s, "app", sibling)

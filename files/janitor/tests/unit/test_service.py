@@ -31,6 +31,7 @@ def clean_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("JANITOR_", "KEEP_", "GC_", "REVISION_", "VERIFY_"))
+        or k in ("JANITOR_TEST_SETTLE_FLOOR", "JANITOR_TEST_VERIFY_MIN_AGE")  # conftest.py
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from registry_janitor import storage
 
 
@@ -61,7 +62,7 @@ def test_filesystem_storage_never_follows_a_symlink_below_the_root(tmp_path: Pat
     os.symlink(victim, root / "docker" / "planted")
     fs = storage.FilesystemStorage(root)
     try:
-        assert fs.list("docker") == [storage.Entry("planted", False)]
+        assert fs.list("docker") == [storage.Entry("planted", False, is_link=True)]
         data, st2 = fs.read("docker/planted", 100)
         assert data == b"" and not st2.is_file
         fs.delete("docker/planted")
@@ -128,3 +129,23 @@ def test_concurrent_moves_into_a_missing_parent_all_succeed(tmp_path: Path) -> N
             fs.close()
         assert len(list((root / f"dst{trial}" / "t").iterdir())) == 64
         source = f"dst{trial}/t"
+
+
+class _TruncatedListing:
+    """An S3 endpoint whose listing says "truncated" but gives no continuation token (seen
+    from some S3-compatible servers and proxies; the RADOS Gateway does not do it, so the
+    client is stood in for here; the fault proxy covers the wire)."""
+
+    def list_objects_v2(self, **params: object) -> dict[str, object]:
+        key = f"{params['Prefix']}a/data"
+        return {"Contents": [{"Key": key, "Size": 1, "LastModified": None}], "IsTruncated": True}
+
+
+def test_s3_listing_truncated_without_a_token_is_an_error_not_the_whole_listing() -> None:
+    pytest.importorskip("boto3")
+    from registry_janitor.s3 import S3Settings, S3Storage
+
+    s3 = S3Storage(S3Settings(bucket="b"), s3=_TruncatedListing())
+    for read in (lambda: s3.walk("docker"), lambda: s3.list("docker")):
+        with pytest.raises(OSError, match="truncated listing without a continuation token"):
+            read()

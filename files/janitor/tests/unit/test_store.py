@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from registry_janitor import store
 from registry_janitor.storage import REPOSITORIES, FilesystemStorage
+from registry_janitor.survey import Survey
 from synthetic import Faulty, Store
 
 NOW = 1_800_000_000.0
@@ -34,7 +35,7 @@ def test_finds_nested_repositories_and_a_repository_inside_another(s: Store, poo
     img = s.image("x")
     for name in ("a", "a/b", "team/app", "team/sub/deep", "plain"):
         s.tag(name, "latest", img, NOW)
-    repos = store.scan(s.storage, pool)  # type: ignore[arg-type]
+    repos = store.scan(Survey(s.storage), pool)  # type: ignore[arg-type]
     assert [r.name for r in repos] == ["a", "a/b", "plain", "team/app", "team/sub/deep"]
     by_name = {r.name: r for r in repos}
     assert all(r.has_manifests and r.complete for r in repos)
@@ -47,7 +48,7 @@ def test_reads_tags_with_digest_and_push_time(s: Store) -> None:
     s.tag("r", "v1", one, NOW - 50)
     s.tag("r", "v2", two, NOW - 10)
     s.revision("r", s.image("orphan"))
-    (repo,) = store.scan(s.storage)
+    (repo,) = store.scan(Survey(s.storage))
     tags = {t.name: t for t in repo.tags}
     assert tags["v1"].digest == one and tags["v1"].mtime == NOW - 50
     assert tags["v2"].digest == two and tags["v2"].mtime == NOW - 10
@@ -62,7 +63,7 @@ def test_tag_without_current_link_has_no_digest(s: Store) -> None:
     garbage = s.repo("r") / "_manifests" / "tags" / "garbage" / "current"
     garbage.mkdir(parents=True)
     (garbage / "link").write_text("not a digest")
-    tags = {t.name: t for t in store.scan(s.storage)[0].tags}
+    tags = {t.name: t for t in store.scan(Survey(s.storage))[0].tags}
     assert tags["broken"].digest is None and tags["broken"].mtime == NOW - 7200
     assert tags["garbage"].digest is None
 
@@ -74,7 +75,8 @@ def test_skips_registry_directories_and_does_not_follow_symlinks(
     s.tag("real", "t", img, NOW)
     outside = Store(tmp_path / "elsewhere")
     outside.tag("victim", "t", img, NOW)
-    # A symlinked repository, a symlinked tag and a symlinked current/link are all ignored.
+    # A symlinked repository, a symlinked tag and a symlinked current/link are never followed,
+    # and each is a gap: the registry follows links, so what is behind one may be in use.
     os.symlink(outside.repositories / "victim", s.repositories / "linked")
     os.symlink(
         outside.repositories / "victim" / "_manifests" / "tags" / "t",
@@ -88,11 +90,19 @@ def test_skips_registry_directories_and_does_not_follow_symlinks(
     )
     # `_uploads` and other `_` directories are not repositories even with _manifests inside.
     (s.repositories / "real" / "_uploads" / "x" / "_manifests").mkdir(parents=True)
-    repos = store.scan(s.storage, pool)  # type: ignore[arg-type]
+    survey = Survey(s.storage)
+    repos = store.scan(survey, pool)  # type: ignore[arg-type]
     assert [r.name for r in repos] == ["real"]
     tags = {t.name: t.digest for t in repos[0].tags}
-    assert tags == {"t": img, "fake-link": None}
+    assert tags == {"t": img}
     assert repos[0].uploads == 1
+    base = f"{REPOSITORIES}/real/_manifests/tags"
+    assert {g.path for g in survey.gaps} == {
+        f"{REPOSITORIES}/linked",
+        f"{base}/via-symlink",
+        f"{base}/fake-link/current/link",
+    }
+    assert not repos[0].complete  # so prune leaves it alone, and GC deletes nothing
 
 
 def test_symlink_loop_does_not_hang(s: Store) -> None:
@@ -100,14 +110,14 @@ def test_symlink_loop_does_not_hang(s: Store) -> None:
     os.symlink(s.repositories, s.repositories / "loop")
     os.symlink(s.repositories / "r", s.repositories / "r" / "self")
     result: list[list[store.Repository]] = []
-    t = threading.Thread(target=lambda: result.append(store.scan(s.storage)), daemon=True)
+    t = threading.Thread(target=lambda: result.append(store.scan(Survey(s.storage))), daemon=True)
     t.start()
     t.join(10)
     assert result and [r.name for r in result[0]] == ["r"]
 
 
 def test_empty_or_missing_store(tmp_path: Path) -> None:
-    assert store.scan(FilesystemStorage(tmp_path / "nothing")) == []
+    assert store.scan(Survey(FilesystemStorage(tmp_path / "nothing"))) == []
 
 
 def test_unreadable_directory_marks_repository_incomplete(
@@ -117,7 +127,7 @@ def test_unreadable_directory_marks_repository_incomplete(
     revs = f"{REPOSITORIES}/r/_manifests/revisions/sha256"
     # What a flaky network mount does now and then.
     faulty = Faulty(s.storage, {("list", revs): PermissionError(13, "Permission denied")})
-    (repo,) = store.scan(faulty)  # type: ignore[arg-type]
+    (repo,) = store.scan(Survey(faulty))  # type: ignore[arg-type]
     assert not repo.complete
 
 
@@ -127,7 +137,7 @@ def test_unreadable_store_root_fails_instead_of_looking_empty(
     # e.g. the Storage Box mount went away
     faulty = Faulty(s.storage, {("list", REPOSITORIES): OSError(112, "Host is down")})
     with pytest.raises(OSError, match="Host is down"):
-        store.scan(faulty)  # type: ignore[arg-type]
+        store.scan(Survey(faulty))  # type: ignore[arg-type]
 
 
 def test_symlinked_registry_directory_is_not_listed(s: Store, tmp_path: Path) -> None:
@@ -137,5 +147,5 @@ def test_symlinked_registry_directory_is_not_listed(s: Store, tmp_path: Path) ->
     tags_dir = s.repo("r") / "_manifests" / "tags"
     shutil.rmtree(tags_dir)
     os.symlink(elsewhere.repositories / "victim" / "_manifests" / "tags", tags_dir)
-    (repo,) = store.scan(s.storage)
+    (repo,) = store.scan(Survey(s.storage))
     assert repo.tags == () and not repo.complete  # refused, so nothing here is deleted

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from registry_janitor import config
 from registry_janitor.output import Output
+from registry_janitor.survey import Survey
 from registry_janitor.sweep import Janitor, SweepStats
 from synthetic import Faulty, Store
 
@@ -226,7 +227,7 @@ def test_interrupted_tag_deletion_is_never_half_visible(s: Store) -> None:
     img = s.image("x")
     s.tag("r", "t", img, OLD)
     s.tag("r", "keep", s.image("y"), OLD + 10)
-    (repo,) = store.scan(s.storage)
+    (repo,) = store.scan(Survey(s.storage))
     calls: list[str] = []
 
     def watch(method: str, args: tuple[object, ...]) -> None:
@@ -278,7 +279,7 @@ def test_deleting_a_tag_never_follows_a_planted_symlink(
     current = s.repositories / "r" / "_manifests" / "tags" / "t" / "current"
     shutil.rmtree(current)
     os.symlink(victim, current)
-    (repo,) = store.scan(s.storage)
+    (repo,) = store.scan(Survey(s.storage))
     target = s.storage if use_trash else Faulty(s.storage, fail_all={"move": OSError(18, "x")})
     executor.delete_tag(target, repo, "t")  # type: ignore[arg-type]
     assert (victim / "link").read_text() == "precious"
@@ -329,7 +330,7 @@ def test_deletions_pass_through_the_trash_and_a_crash_leaves_only_trash(s: Store
     s.tag("r", "t", s.image("x"), OLD)
     s.tag("r", "keep", s.image("y"), OLD + 10)
     trash = s.root / ".registry-janitor-trash"
-    (repo,) = store.scan(s.storage)
+    (repo,) = store.scan(Survey(s.storage))
     seen: list[set[str]] = []
 
     def watch(method: str, args: tuple[object, ...]) -> None:
