@@ -69,7 +69,13 @@ SETTLE = os.environ.get("FAULT_TRIALS_GC_SETTLE", "0")
 # Events of the janitor's JSON output a fault can wait for (`after`): the trial runner creates
 # the rule's trigger file when the event comes.
 TRIGGERS = ("tag_deleted", "manifest_unlinked", "gc_started")
-REPORTED_EVENTS = {"error", "gc_failed", "gc_refused", "gc_recheck_failed"}
+REPORTED_EVENTS = {"error", "gc_failed", "gc_refused", "gc_recheck_failed", "blob_not_held"}
+# Metrics (the Prometheus textfile, --metrics-file) that report a fault: name -> is it
+# reporting one at this value.
+REPORTING_METRICS = {
+    "registry_janitor_last_run_success": lambda v: v == 0,
+    "registry_janitor_blobs_not_held_total": lambda v: v > 0,
+}
 JANITOR_TIMEOUT = 120
 
 FS_FAULTS = {
@@ -345,13 +351,32 @@ class Run:
     events: list[dict[str, Any]]
     stderr: str
     seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def reported(self) -> bool:
-        return self.returncode != 0 or any(
-            e.get("event") in REPORTED_EVENTS or e.get("level") in ("error", "critical")
-            for e in self.events
+        """Did the run say something went wrong: exit status, an error event, a metric?"""
+        return (
+            self.returncode != 0
+            or any(
+                e.get("event") in REPORTED_EVENTS or e.get("level") in ("error", "critical")
+                for e in self.events
+            )
+            or any(
+                bad(self.metrics[m]) for m, bad in REPORTING_METRICS.items() if m in self.metrics
+            )
         )
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """`name value` lines of a Prometheus textfile (samples with labels left out)."""
+    out = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if line and not line.startswith("#") and "{" not in name:
+                out[name] = float(value)
+    return out
 
 
 def run_janitor(args: list[str], env: dict[str, str], triggers: dict[str, Path]) -> Run:
@@ -359,10 +384,13 @@ def run_janitor(args: list[str], env: dict[str, str], triggers: dict[str, Path])
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "GC_"))}
     base["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
     base.pop("AWS_CA_BUNDLE", None)
+    base["JANITOR_TEST_SETTLE_FLOOR"] = "0"  # allows GC_SETTLE 0 (SETTLE above says why)
     cmd = [sys.executable, "-m", "registry_janitor", "sweep", "--run-once", "--json",
            "--gc-settle", SETTLE, *args]  # fmt: skip
     events: list[dict[str, Any]] = []
     t0 = time.monotonic()
+    metrics = Path(tempfile.mkdtemp(prefix="fault-metrics-")) / "janitor.prom"
+    cmd += ["--metrics-file", str(metrics)]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=err, text=True, env={**base, **env}
@@ -390,7 +418,10 @@ def run_janitor(args: list[str], env: dict[str, str], triggers: dict[str, Path])
         reader.join(30)
         err.seek(0)
         stderr = err.read()
-    return Run(proc.returncode, events, stderr, time.monotonic() - t0)
+    seconds = time.monotonic() - t0
+    values = read_metrics(metrics)
+    shutil.rmtree(metrics.parent, ignore_errors=True)
+    return Run(proc.returncode, events, stderr, seconds, values)
 
 
 @dataclass
