@@ -92,10 +92,11 @@ test-s3: venv ## every janitor test on a real S3 server (RADOS Gateway on loopba
 TRIALS ?= 500
 SEED ?= 1
 BACKEND ?= both
-fault-trials: venv ## the janitor through injected faults (FUSE layer; S3 proxy before a RADOS Gateway): TRIALS random stores x random faults per backend (BACKEND=filesystem|s3|both), SEED; results in .cache/fault-trials-<backend>.jsonl (500 per backend: see docs/reliability.md for the time)
+START ?= 0
+fault-trials: venv ## the janitor through injected faults (FUSE layer; S3 proxy before a RADOS Gateway): TRIALS random stores x random faults per backend (BACKEND=filesystem|s3|both), SEED, from trial START; results in .cache/fault-trials-<backend>-<start>.jsonl (times: docs/reliability.md)
 	@mkdir -p .cache
-	nice -n 10 $(BIN)/python files/janitor/tests/faults/trials.py --backend $(BACKEND) \
-		--trials $(TRIALS) --seed $(SEED) --results .cache/fault-trials-$(BACKEND).jsonl
+	nice -n 10 $(BIN)/python files/janitor/tests/faults/trials.py --backend $(BACKEND) --seed $(SEED) \
+		--start $(START) --trials $(TRIALS) --results .cache/fault-trials-$(BACKEND)-$(START).jsonl
 
 test-molecule: venv images registry-image $(if $(filter s3,$(SCENARIOS)),registry-image-s3) ## every Molecule scenario, MOLECULE_JOBS at a time (timed); logs in .cache/molecule-<scenario>.log, checked for passwords
 	scripts/molecule-scenarios.sh -j $(MOLECULE_JOBS) $(SCENARIOS)

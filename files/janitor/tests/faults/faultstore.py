@@ -150,7 +150,7 @@ def generate(root: Path, seed: int) -> Generated:
     (root / REPOSITORIES).mkdir(parents=True)
     (root / BLOBS).mkdir(parents=True)
     names = ["ci/app", "ci/multi", "team/svc", "team/svc/api", "lib/x/tool", "solo", "cache"]
-    repos = sorted(rng.sample(names, rng.randint(2, 5)))
+    repos = sorted(rng.sample(names, rng.randint(2, 4)))
     # Directories under repositories/ that hold repositories but are none themselves.
     namespaces = sorted({r.rsplit("/", 1)[0] for r in repos if "/" in r} - set(repos))
     namespaces = sorted(set(namespaces) | {n.split("/")[0] for n in namespaces})
@@ -158,7 +158,7 @@ def generate(root: Path, seed: int) -> Generated:
     now = time.time()
     t = OLD
     for repo in repos:
-        tags = [f"v{i}" for i in range(rng.randint(1, 5))] + (
+        tags = [f"v{i}" for i in range(rng.randint(1, 4))] + (
             ["latest"] if rng.random() < 0.5 else []
         )
         for tag in tags:
@@ -199,6 +199,11 @@ def files_below(root: Path) -> set[str]:
         for n in filenames:
             out.add(os.path.relpath(os.path.join(dirpath, n), root))
     return out
+
+
+def readable(files: set[str]) -> list[str]:
+    """The files `served` and `needs` read: links and blobs (small in generated stores)."""
+    return sorted(p for p in files if p.endswith(("/link", "/data")))
 
 
 def served(files: set[str], read: Callable[[str], bytes]) -> dict[tuple[str, str], str]:

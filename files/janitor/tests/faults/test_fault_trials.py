@@ -12,26 +12,21 @@ import pytest
 import trials
 
 SEED = int(os.environ.get("FAULT_TRIALS_SEED", "7"))
-# Random trials per backend here; a bucket costs more (uploads, boto3's retry back-off).
-RANDOM = {"filesystem": range(4), "s3": range(1)}
-# Found on the code this branch started from (issue 21), being fixed on main: the run deletes
-# blobs of served tags, or leaves blobs held.
-KNOWN = {
-    ("filesystem", "unlistable-namespace"): "an unlistable namespace is skipped, its blobs deleted",
-    ("s3", "unlistable-namespace"): "a prefix listing answering 503 is skipped, its blobs deleted",
-    ("filesystem", "hold-fails"): "an error while holding aborts GC with blobs left held",
-    ("s3", "hold-fails"): "an error while holding aborts GC with blobs left held",
-    ("s3", "truncated-listing"): "IsTruncated without a token is taken as the whole listing",
-}
+# Random trials per backend here (make fault-trials runs 500 per backend). In a bucket every
+# trial costs more (a gateway round trip per request, boto3's back-off on every fault that
+# lasts): there the named faults are the subset, the one of them the filesystem also covers
+# (unlistable revisions) left out.
+RANDOM = {"filesystem": range(3), "s3": range(0)}
+LEFT_OUT = {("s3", "unlistable-revisions")}
+# Each of these failed on the code before issue 21's fixes (docs/reliability.md, "Fault
+# trials"): the unlistable namespace and the truncated listing deleted blobs of served tags,
+# the failing hold left blobs held.
 SCENARIO_CASES = [
-    pytest.param(
-        backend, name,
-        marks=[pytest.mark.xfail(reason=KNOWN[(backend, name)], strict=False)]
-        if (backend, name) in KNOWN else [],
-    )
+    (backend, name)
     for name, per in sorted(trials.SCENARIOS.items())
     for backend in sorted(per)
-]  # fmt: skip
+    if (backend, name) not in LEFT_OUT
+]
 
 
 def check(result: trials.Result) -> None:

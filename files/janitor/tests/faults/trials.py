@@ -239,12 +239,11 @@ class FsBackend:
             yield self
 
     def put(self, trial: int, gen: Generated, reference: bool = False) -> Path:
+        """The generated store, moved below the mount (one rename, mtimes kept)."""
         where = (self.work / "reference" if reference else self.source) / f"t{trial}"
-        shutil.copytree(gen.root, where, symlinks=True)  # mtimes kept (copy2)
-        faultstore.date(where, {})  # directories old again after the copy
-        for path in faultstore.files_below(gen.root):
-            st = os.stat(gen.root / path)
-            os.utime(where / path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        where.parent.mkdir(parents=True, exist_ok=True)
+        gen.root.rename(where)
+        gen.root = where
         return where
 
     def rule_path(self, where: Path, target: str, exact: bool) -> str:
@@ -483,6 +482,9 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
     shutil.rmtree(tmp, ignore_errors=True)
     gen = faultstore.generate(tmp, s)
     faults = plan(rng, gen, backend.name) if scenario is None else scenario(gen)
+    # What the store held before the run: every path, and the links and manifests read.
+    before = faultstore.files_below(gen.root)
+    contents = {p: (gen.root / p).read_bytes() for p in faultstore.readable(before)}
     where = backend.put(trial, gen)
     t_store = time.monotonic() - t0
     triggers = {e: work / f"trigger-{backend.name}-{trial}-{e}" for e in TRIGGERS}
@@ -509,11 +511,6 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
     run = run_janitor([*args, "--keep-last-n", str(gen.keep_last_n)], env, triggers)
     write_control(backend.control, [])
     fired = read_log(backend.log, log_start)
-    before = faultstore.files_below(gen.root)
-
-    def read_before(path: str) -> bytes:
-        return (gen.root / path).read_bytes()
-
     after = backend.files_after(where)
     # Held blobs whose delete failed after the re-check, reported: the next run deletes them.
     drop_failed = frozenset(
@@ -521,7 +518,7 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
         for e in run.events
         if e.get("event") == "error" and "delete held blob" in str(e.get("message"))
     )
-    dmg = faultstore.damage(before, read_before, after, drop_failed)
+    dmg = faultstore.damage(before, contents.__getitem__, after, drop_failed)
     result = Result(
         backend.name, trial, s, [str(f) for f in faults], len(fired),
         sorted({str(f["rule"]) for f in fired}), run.returncode, run.reported,
@@ -534,7 +531,9 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
         # Faults fired and the run says all went well: it must have done what a run
         # without faults does.
         t_ref = time.monotonic()
-        ref = backend.put(trial, gen, reference=True)
+        # The same store again (the generator is deterministic but for "now").
+        ref_gen = faultstore.generate(work / f"gen-{backend.name}-{trial}-ref", s)
+        ref = backend.put(trial, ref_gen, reference=True)
         ref_args, ref_env = backend.janitor_args(ref, faulty=False)
         ref_run = run_janitor([*ref_args, "--keep-last-n", str(gen.keep_last_n)], ref_env, {})
         if ref_run.returncode != 0:
@@ -543,6 +542,7 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
         mine = faultstore.docker_files(after)
         result.unreported_change = sorted(mine ^ ref_after)
         backend.drop(ref)
+        shutil.rmtree(ref_gen.root, ignore_errors=True)
         result.phases["reference"] = round(time.monotonic() - t_ref, 1)
     backend.drop(where)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -598,6 +598,19 @@ class Summary:
         )
 
 
+def summarize(files: list[Path]) -> int:
+    """The summary of runs split over several processes (their --results files)."""
+    summaries: dict[str, Summary] = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            r = Result(**json.loads(line))
+            summaries.setdefault(r.backend, Summary(r.backend)).add(r)
+            summaries[r.backend].seconds += r.seconds
+    for summary in summaries.values():
+        print(summary.text().rsplit(";", 1)[0] + f"; {summary.seconds:.0f} s of trials")
+    return 1 if any(s.failed for s in summaries.values()) else 0
+
+
 @contextlib.contextmanager
 def backend_for(name: str, work: Path) -> Iterator[Any]:
     if name == "filesystem":
@@ -618,11 +631,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("filesystem", "s3", "both"), default="both")
     p.add_argument("--trials", type=int, default=500, help="per backend")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--start", type=int, default=0, help="the first trial number (to split a run)")
     p.add_argument("--only", type=int, action="append", help="run only this trial (repeatable)")
+    p.add_argument(
+        "--summarize", type=Path, nargs="+", help="only print the summary of these --results files"
+    )
     p.add_argument("--scenario", choices=sorted(SCENARIOS), help="these faults, not random ones")
     p.add_argument("--workdir", type=Path, help="default: a temporary directory")
     p.add_argument("--results", type=Path, help="write every trial's result here (JSON lines)")
     a = p.parse_args(argv)
+    if a.summarize:
+        return summarize(a.summarize)
     # SIGTERM unwinds like Ctrl-C: the mount is unmounted and the gateway stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     backends = ("filesystem", "s3") if a.backend == "both" else (a.backend,)
@@ -634,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             summary = Summary(name)
             with backend_for(name, work) as backend:
-                for trial in a.only or range(a.trials):
+                for trial in a.only or range(a.start, a.start + a.trials):
                     scenario = SCENARIOS[a.scenario].get(name) if a.scenario else None
                     r = run_trial(backend, trial, a.seed, work, scenario)
                     summary.add(r)
