@@ -418,6 +418,13 @@ def run_janitor(args: list[str], env: dict[str, str], triggers: dict[str, Path])
         err.seek(0)
         stderr = err.read()
     seconds = time.monotonic() - t0
+    keep = os.environ.get("FAULT_TRIALS_KEEP_OUTPUT")  # a directory: each run's output there
+    if keep:
+        out = Path(keep) / f"run-{time.time_ns()}"
+        out.mkdir(parents=True)
+        (out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        (out / "stderr").write_text(stderr)
+        (out / "command").write_text(" ".join(cmd))
     values = read_metrics(metrics)
     shutil.rmtree(metrics.parent, ignore_errors=True)
     return Run(proc.returncode, events, stderr, seconds, values)
