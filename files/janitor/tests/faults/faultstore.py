@@ -260,8 +260,8 @@ def damage(
 ) -> Damage:
     """Compare the store's files before and after a run. A tag counts if the registry served
     it before (`served`) and its current/link is still there (a tag the prune deleted frees
-    what it needed). `excused`: held blobs (hex) the run reported it failed to delete after
-    its re-check: they wait in the hold for the next run by design (gc.py)."""
+    what it needed). `excused`: held blobs (hex) the run named in an error (a delete or a
+    put-back that failed): they wait in the hold for the next run, by design (gc.py)."""
     need_blobs: set[str] = set()
     need_links: set[str] = set()
     for (repo, tag), digest in served(before, read_before).items():
@@ -273,11 +273,23 @@ def damage(
     return Damage(
         blobs_deleted=len(blob_files - after),
         wrongly_deleted=sorted(d for d in need_blobs if blob_path(d) not in after),
-        left_held=sorted(
-            p for p in after if p.startswith(HELD + "/") and p.split("/")[2] not in excused
-        ),
+        left_held=sorted(p for p in after if held_away(p, after, excused)),
         unlinked=sorted(p for p in need_links if p not in after),
     )
+
+
+def held_away(path: str, after: set[str], excused: frozenset[str]) -> bool:
+    """Is `path` an entry of the hold whose original the registry no longer sees? A copy in
+    the hold next to its original (an S3 hold whose delete half failed) is not: the next
+    run drops it."""
+    parts = path.split("/")
+    if parts[0] != HELD or len(parts) < 4:
+        return False
+    if parts[1] == "blobs":  # .registry-janitor-held/blobs/<hex>/data
+        return parts[2] not in excused and blob_path(parts[2]) not in after
+    # .registry-janitor-held/layers/<repo with % for />/sha256/<hex>/link
+    repo = parts[2].replace("%", "/")
+    return f"{REPOSITORIES}/{repo}/_layers/{'/'.join(parts[3:])}" not in after
 
 
 def docker_files(paths: Iterable[str]) -> set[str]:

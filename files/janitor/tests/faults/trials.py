@@ -77,6 +77,7 @@ REPORTING_METRICS = {
     "registry_janitor_blobs_not_held_total": lambda v: v > 0,
 }
 JANITOR_TIMEOUT = 120
+HEX = re.compile(r"[0-9a-f]{64}")
 
 FS_FAULTS = {
     "readdir": ("EIO", "EACCES", "ESTALE", "EINTR", "ENOENT"),
@@ -519,13 +520,15 @@ def run_trial(backend: Any, trial: int, seed: int, work: Path,
     write_control(backend.control, [])
     fired = read_log(backend.log, log_start)
     after = backend.files_after(where)
-    # Held blobs whose delete failed after the re-check, reported: the next run deletes them.
-    drop_failed = frozenset(
-        str(e.get("digest", "")).removeprefix("sha256:")
+    # Held blobs an error names (a delete or a put-back that failed): reported, and the next
+    # run finishes the job.
+    named = frozenset(
+        h
         for e in run.events
-        if e.get("event") == "error" and "delete held blob" in str(e.get("message"))
+        if e.get("level") in ("error", "critical")
+        for h in HEX.findall(f"{e.get('message')} {e.get('digest', '')}")
     )
-    dmg = faultstore.damage(before, contents.__getitem__, after, drop_failed)
+    dmg = faultstore.damage(before, contents.__getitem__, after, named)
     result = Result(
         backend.name, trial, s, [str(f) for f in faults], len(fired),
         sorted({str(f["rule"]) for f in fired}), run.returncode, run.reported,
