@@ -56,7 +56,6 @@ class Generated:
     repositories: list[str]
     namespaces: list[str]  # directories under repositories/ that are no repository
     manifests: list[str] = field(default_factory=list)  # every manifest blob written
-    young: set[str] = field(default_factory=set)  # store paths dated now - YOUNG_AGE
     keep_last_n: int = 2
 
     def directories(self) -> list[str]:
@@ -178,9 +177,7 @@ def generate(root: Path, seed: int) -> Generated:
     for _ in range(rng.randint(0, 4)):  # uploads no manifest names, old and young
         w.blob(w.unique("orphan"), rng.choice((OLD, now - YOUNG_AGE)))
     date(root, w.mtimes)
-    gen = Generated(root, repos, namespaces, w.manifests, keep_last_n=rng.randint(0, 3))
-    gen.young = {p for p, when in w.mtimes.items() if when > now - 3600}
-    return gen
+    return Generated(root, repos, namespaces, w.manifests, keep_last_n=rng.randint(0, 3))
 
 
 def date(root: Path, mtimes: dict[str, float]) -> None:

@@ -288,7 +288,7 @@ class S3Backend:
             yield self
 
     def put(self, trial: int, gen: Generated, reference: bool = False) -> str:
-        """The store as a new bucket. S3 has no utime: an old object is uploaded now and
+        """The store as a new bucket. S3 has no utime: every object is uploaded now and
         carries its date in the metadata the janitor's own copies carry (s3.py, "Hold without
         rename": stat answers it, and a caller that lists an object young stats it first).
         Dating objects for real (rgw.age, the gateway's clock set back per distinct time)
@@ -300,7 +300,9 @@ class S3Backend:
 
         def one(path: str) -> None:
             local = gen.root / path
-            meta = {} if path in gen.young else {MTIME_META: str(int(local.stat().st_mtime))}
+            # Young objects too: uploaded now, two of them could land in different seconds
+            # and turn a tie in push time (which the tag names break) into an order.
+            meta = {MTIME_META: str(int(local.stat().st_mtime))}
             s3.put_object(
                 Bucket=bucket.name, Key=f"{self.ROOT}/{path}", Body=local.read_bytes(),
                 Metadata=meta,
