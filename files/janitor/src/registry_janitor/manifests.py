@@ -280,6 +280,16 @@ class ManifestReader:
                 sizes[m.digest] = m.size
         return sizes
 
+    def subjects(self, digests: Iterable[str]) -> dict[str, str]:
+        """digest -> its OCI subject, for those of `digests` that are referrers. Reads like
+        `blob_sizes`, keeping nothing parsed (the unreachable revisions of a large store)."""
+        todo = sorted(set(digests))
+        return {
+            d: m.subject
+            for d, m in zip(todo, pmap_batched(self.pool, self._sizes_of, todo), strict=True)
+            if m is not None and m.subject is not None
+        }
+
     def read_many(self, digests: Iterable[str]) -> dict[str, Manifest | None]:
         todo = sorted(set(digests))
         return dict(zip(todo, pmap_batched(self.pool, self._read, todo), strict=True))
