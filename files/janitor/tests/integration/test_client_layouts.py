@@ -29,7 +29,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import clients
@@ -52,7 +52,6 @@ class Layout:
     source: str
     repo: str
     push: Callable[[Api, Registry, Path, int], None]
-    blobs: set[str] = field(default_factory=set)  # what its pushes added to the store
 
 
 def _buildkit(image_manifest: bool, mode: str, oci_types: bool) -> Callable[..., None]:
@@ -197,14 +196,20 @@ def served(api: Api, repo: str, ref: str) -> set[str]:
     return out
 
 
-def push_all(reg: Registry, work: Path) -> Api:
+def push_generations(reg: Registry, work: Path) -> tuple[Api, dict[str, set[str]]]:
+    """Every layout, generation 0 then 1; layout name -> the blobs its pushes added."""
     api = Api(reg)
+    added: dict[str, set[str]] = {}
     for gen in (0, 1):
         for layout in LAYOUTS:
             before = blobs_in(reg)
             layout.push(api, reg, work / f"gen{gen}", gen)
-            layout.blobs |= blobs_in(reg) - before
-    # The clean-up a user or CI does: delete every manifest no tag reaches any more.
+            added.setdefault(layout.name, set()).update(blobs_in(reg) - before)
+    return api, added
+
+
+def delete_untagged(reg: Registry, api: Api) -> None:
+    """The clean-up a user or CI does: delete every manifest no tag reaches any more."""
     current = tags(reg)
     for repo, revs in revisions(reg).items():
         keep = set().union(*(served(api, repo, t) for t in current.get(repo, set())))
@@ -214,7 +219,6 @@ def push_all(reg: Registry, work: Path) -> Api:
             # the janitor still takes for a linked revision (see the xfail test below).
             ghost = reg.repositories / repo / "_manifests/revisions/sha256" / digest[7:]
             ghost.rmdir()
-    return api
 
 
 def stock_dry_run(reg: Registry) -> set[str]:
@@ -249,14 +253,15 @@ def registry(workdir: Path) -> Iterator[Registry]:
 
 def test_client_layouts_collect_exactly_as_the_registry_and_stay_whole(tmp_path: Path) -> None:
     with registry(tmp_path / "registry") as reg:
-        api = push_all(reg, tmp_path / "work")
+        api, added = push_generations(reg, tmp_path / "work")
+        delete_untagged(reg, api)
         reg.age_blobs(OLD)
         reg.age_revisions(OLD)
         before = blobs_in(reg)
         eligible = stock_dry_run(reg)
         for layout in LAYOUTS:  # every layout really leaves garbage and keeps something
-            assert layout.blobs & eligible, f"{layout.name}: no garbage to collect"
-            assert layout.blobs - eligible, f"{layout.name}: everything is garbage"
+            assert added[layout.name] & eligible, f"{layout.name}: no garbage to collect"
+            assert added[layout.name] - eligible, f"{layout.name}: everything is garbage"
 
         collected = janitor.run(reg, "--json", command="gc")
         assert collected.returncode == 0, collected.stderr[-3000:]
@@ -264,7 +269,7 @@ def test_client_layouts_collect_exactly_as_the_registry_and_stay_whole(tmp_path:
         rows = []
         problems = []
         for layout in LAYOUTS:
-            mine, stock = deleted & layout.blobs, eligible & layout.blobs
+            mine, stock = deleted & added[layout.name], eligible & added[layout.name]
             if mine != stock:
                 problems.append(
                     f"{layout.name}: janitor deleted {len(mine - stock)} the stock GC keeps,"
@@ -272,7 +277,7 @@ def test_client_layouts_collect_exactly_as_the_registry_and_stay_whole(tmp_path:
                 )
             result = "same" if mine == stock else "DIFFERENT"
             rows.append([layout.name, layout.source,
-                         f"{result}: {len(mine)} of {len(layout.blobs)} blobs deleted"])  # fmt: skip
+                         f"{result}: {len(mine)} of {len(added[layout.name])} blobs deleted"])  # fmt: skip
         assert problems == [], problems
         assert deleted == eligible  # nothing outside the layouts either
         assert stock_dry_run(reg) == set(), "garbage left after the janitor's GC"
@@ -306,6 +311,53 @@ def test_client_layouts_collect_exactly_as_the_registry_and_stay_whole(tmp_path:
     print(text)
     if os.environ.get("LAYOUT_TABLE"):
         Path(os.environ["LAYOUT_TABLE"]).write_text(text)
+
+
+# cosign remote.go suffixTag; distribution-spec spec.md Referrers Tag Schema (written out
+# here again on purpose: this test must not take the janitor's own pattern on trust)
+SIGNATURE_TAG = re.compile(r"sha256-([0-9a-f]{64})(\.sig|\.att|\.sbom)?")
+
+
+def test_a_sweep_keeps_signatures_with_their_images_and_leaves_every_tag_whole(
+    tmp_path: Path,
+) -> None:
+    """Prune and GC in one sweep over every layout, both generations still linked: what the
+    remaining ordinary tags reach stays and is served completely, signature tags of images
+    still tagged stay and the others go, and the stock dry run finds nothing left."""
+    with registry(tmp_path / "registry") as reg:
+        api, _ = push_generations(reg, tmp_path / "work")
+        reg.age_blobs(OLD)
+        reg.age_revisions(OLD)
+        before, linked = tags(reg), revisions(reg)
+        expected: dict[str, set[str]] = {}
+        for repo, names in before.items():
+            attached = {
+                t: f"sha256:{m[1]}"
+                for t in names
+                if (m := SIGNATURE_TAG.fullmatch(t)) and f"sha256:{m[1]}" in linked[repo]
+            }
+            ordinary = names - set(attached)
+            assert len(ordinary) <= 2, f"{repo}: KEEP_LAST_N 2 keeps every ordinary tag"
+            reach = set().union(*(served(api, repo, t) for t in ordinary))
+            expected[repo] = ordinary | {t for t, subject in attached.items() if subject in reach}
+        assert expected != before, "some signature tag must lose its image"
+
+        swept = janitor.run(
+            reg, "--json", "--keep-last-n", "2", "--keep-min-age", "0",
+            "--revision-grace", "0", "--gc-grace", "0",
+        )  # fmt: skip
+        assert swept.returncode == 0, swept.stdout[-3000:]
+        assert tags(reg) == expected
+        assert stock_dry_run(reg) == set(), "garbage left after the sweep"
+        broken = {
+            f"{repo}:{tag}": missing
+            for repo, names in expected.items()
+            for tag in sorted(names)
+            if (missing := api.missing(repo, tag))
+        }
+        assert broken == {}, broken
+        checked = janitor.run(reg, "--json", "--verify-budget", "unlimited", command="verify")
+        assert checked.returncode == 0, checked.stdout[-3000:]
 
 
 @pytest.mark.xfail(
