@@ -225,7 +225,10 @@ class ManifestReader:
             return m
         if looks_like_manifest(raw):
             return self._problem(
-                digest, "a manifest whose references the janitor cannot read completely"
+                digest,
+                "a manifest the janitor cannot follow completely (an index entry without a"
+                " sha256 digest, or `manifests` not a list): no blob is deleted while it is"
+                " linked; delete the tags that reach it",
             )
         if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
             return self._problem(
