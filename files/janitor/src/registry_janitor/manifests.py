@@ -145,13 +145,11 @@ def parse(digest: str, raw: bytes) -> Manifest | None:
             blobs.append(desc)  # marked whatever it turns out to be
         children.append(desc[0])
         listed.append((desc[0], media_type))
-    # OCI 1.1 referrers (signatures, SBOMs) name the manifest they are about.
-    subject: str | None = None
-    if doc.get("subject") is not None:
-        desc = _descriptor(doc["subject"])
-        if desc is None:
-            return None
-        subject = desc[0]
+    # OCI 1.1 referrers (signatures, SBOMs) name the manifest they are about. Nothing is
+    # followed through it, so one the janitor cannot read (another digest algorithm) is
+    # simply no subject.
+    subject_desc = _descriptor(doc.get("subject"))
+    subject = subject_desc[0] if subject_desc is not None else None
     for d in [doc.get("config"), *(doc.get("layers") or [])]:
         desc = _descriptor(d)
         if desc is not None:
@@ -227,7 +225,10 @@ class ManifestReader:
             return m
         if looks_like_manifest(raw):
             return self._problem(
-                digest, "a manifest whose references the janitor cannot read completely"
+                digest,
+                "a manifest the janitor cannot follow completely (an index entry without a"
+                " sha256 digest, or `manifests` not a list): no blob is deleted while it is"
+                " linked; delete the tags that reach it",
             )
         if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
             return self._problem(

@@ -149,6 +149,17 @@ def test_referrer_subject_is_recorded_not_followed_nor_marked() -> None:
     assert blob_digests(m) == {digest_of(b"{}"), fake_digest(2)}
 
 
+def test_a_subject_the_janitor_cannot_read_is_no_subject_and_stops_nothing() -> None:
+    """image-spec descriptor.md allows other digest algorithms; a subject is never followed."""
+    doc = {
+        "schemaVersion": 2,
+        "config": {"digest": fake_digest(1), "size": 1},
+        "subject": {"mediaType": OCI_MANIFEST, "digest": "sha512:" + "b" * 128, "size": 1},
+    }
+    m = parse(fake_digest(9), json.dumps(doc).encode())
+    assert m is not None and m.subject is None and blob_digests(m) == {fake_digest(1)}
+
+
 def test_foreign_and_zstd_layers_are_blobs() -> None:
     """distribution v2.8.3 schema2 (foreign layers carry `urls`, the blob is never uploaded)."""
     doc = {
@@ -194,7 +205,7 @@ def test_what_the_registry_would_not_serve_as_a_manifest_is_not_one(raw: bytes) 
     [
         {"schemaVersion": 2, "manifests": [{"size": 1}]},  # an entry without a digest
         {"schemaVersion": 2, "manifests": {"digest": fake_digest(1)}},
-        {"schemaVersion": 2, "config": {}, "subject": {"digest": "sha256:short"}},
+        {"schemaVersion": 2, "manifests": [{"digest": "sha512:" + "a" * 128, "size": 1}]},
     ],
 )
 def test_a_manifest_that_cannot_be_followed_completely_does_not_parse(
