@@ -1,7 +1,8 @@
 """Garbage collection without stopping pushes (GC_ENGINE=janitor, the default).
 
 1. Mark: every manifest linked as a revision in any repository is a root, whatever its age;
-   the mark is their closure over index children, OCI subjects, configs and layers, each
+   the mark is their closure over index children, configs and layers (an OCI `subject` is a
+   weak reference, as for the registry's own GC: it keeps nothing), each
    manifest read once. If any of them cannot be read, no blob is deleted in this run.
 2. Candidates: blobs not marked whose `data` is older than the grace period (GC_GRACE). A
    blob uploaded for a manifest not pushed yet is young; so is one a push is writing now.
@@ -427,6 +428,8 @@ class Collector:
                 self.reader.forget(d)
             nxt: set[str] = set()
             for digest, m in self.reader.read_many(frontier).items():
+                if m is None and digest not in new and digest in self.reader.plain:
+                    continue  # an index entry that is a plain blob: its parent names it
                 if m is None:
                     why = self.reader.problems.get(digest, "unreadable")
                     survey.gap(digest, f"a manifest pushed during garbage collection: {why}")
