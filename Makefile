@@ -25,7 +25,7 @@ JANITOR_TEST_JOBS ?= 2
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
+deps: ## install what the commands need (Docker engine, skopeo, debootstrap, promtool) and start dockerd
 	scripts/host-deps.sh
 
 venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
