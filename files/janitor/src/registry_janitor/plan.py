@@ -189,11 +189,10 @@ def _reaches(
     for p, repo_roots in zip(plans, roots, strict=True):
         reach = manifests.closure(repo_roots, reader)
         if not reach.complete:
-            log.warning(
-                "%s: cannot read manifest(s) %s; %s",
-                p.repository.name,
-                ", ".join(sorted(reach.unreadable)),
-                consequence,
+            # An error of the repository, not a warning: the sweep reports it (exit 1), so a
+            # fault that changed what the prune does is never silent.
+            p.errors.append(
+                f"cannot read manifest(s) {', '.join(sorted(reach.unreadable))}; {consequence}"
             )
         out.append(reach)
     return out
