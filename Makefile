@@ -20,7 +20,7 @@ MOLECULE_JOBS ?= 5
 JANITOR_TEST_JOBS ?= 2
 
 .PHONY: help check deps venv images registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
-	test-molecule test-molecule-s3 test-playbooks test clean
+	test-molecule test-molecule-s3 test-playbooks fault-trials test clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -90,6 +90,15 @@ test-janitor: venv ## all janitor tests (SMB ones included; of the S3 cases a re
 
 test-s3: venv ## every janitor test on a real S3 server (RADOS Gateway on loopback), all trials, 12 GC oracle stores (36 min on the loaded 2-core VM)
 	$(BIN)/python -m pytest -q -n $(JANITOR_TEST_JOBS) --dist loadfile -m s3 files/janitor/tests
+
+TRIALS ?= 500
+SEED ?= 1
+BACKEND ?= both
+START ?= 0
+fault-trials: venv ## the janitor through injected faults (FUSE layer; S3 proxy before a RADOS Gateway): TRIALS random stores x random faults per backend (BACKEND=filesystem|s3|both), SEED, from trial START; results in .cache/fault-trials-<backend>-<start>.jsonl (times: docs/reliability.md)
+	@mkdir -p .cache
+	nice -n 10 $(BIN)/python files/janitor/tests/faults/trials.py --backend $(BACKEND) --seed $(SEED) \
+		--start $(START) --trials $(TRIALS) --results .cache/fault-trials-$(BACKEND)-$(START).jsonl
 
 test-molecule: venv images registry-image $(if $(filter s3,$(SCENARIOS)),registry-image-s3) ## every Molecule scenario, MOLECULE_JOBS at a time (timed); logs in .cache/molecule-<scenario>.log, checked for passwords
 	scripts/molecule-scenarios.sh -j $(MOLECULE_JOBS) $(SCENARIOS)

@@ -291,17 +291,35 @@ def mounted(
     cache_s: float = 0.0,
 ) -> Iterator[Mount]:
     """Mount ``source`` at ``mount`` with a slowfs process; always unmounted on exit."""
-    mount.mkdir(parents=True, exist_ok=True)
     if stats.exists():
         stats.unlink()
     info = Mount(mount, stats)
-    log = open(stats.with_suffix(".log"), "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [python, __file__, str(source), str(mount), "--latency-ms", str(latency_ms)]
-        + ["--cache-s", str(cache_s), "--stats", str(stats)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    cmd = [python, __file__, str(source), str(mount), "--latency-ms", str(latency_ms)]
+    cmd += ["--cache-s", str(cache_s), "--stats", str(stats)]
+    with serving(cmd, mount, stats.with_suffix(".log")) as served:
+        yield info
+    info.cpu_s = served.cpu_s
+    if stats.exists():
+        info.counts = read_stats(stats)
+
+
+@dataclass
+class Served:
+    """A FUSE process serving a mount; ``cpu_s`` is filled in once it exited."""
+
+    proc: subprocess.Popen[bytes]
+    cpu_s: float = 0.0
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], mount: Path, log_path: Path) -> Iterator[Served]:
+    """Start a FUSE process (``cmd``, which mounts ``mount`` in the foreground), wait until
+    the mount is there, and always unmount and reap it on exit. Its output goes to
+    ``log_path``. Also used by the fault layer (files/janitor/tests/faults/faultfs.py)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    served = Served(proc)
     try:
         deadline = time.monotonic() + 20
         while not os.path.ismount(mount):
@@ -309,13 +327,13 @@ def mounted(
                 log.flush()
                 tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-15:]
                 raise RuntimeError(
-                    f"slowfs exited with {proc.returncode}; the end of {log.name}:\n"
+                    f"{cmd[1]} exited with {proc.returncode}; the end of {log.name}:\n"
                     + "\n".join(tail)
                 )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"slowfs did not mount {mount} within 20 s")
+                raise RuntimeError(f"{cmd[1]} did not mount {mount} within 20 s")
             time.sleep(0.05)
-        yield info
+        yield served
     finally:
         if os.path.ismount(mount):
             r = subprocess.run(["fusermount3", "-u", str(mount)], check=False, capture_output=True)
@@ -329,15 +347,13 @@ def mounted(
             pid, _status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(_status)
-                info.cpu_s = usage.ru_utime + usage.ru_stime
+                served.cpu_s = usage.ru_utime + usage.ru_stime
             elif time.monotonic() > deadline:
                 proc.kill()
                 deadline = time.monotonic() + 30
             else:
                 time.sleep(0.05)
         log.close()
-        if stats.exists():
-            info.counts = read_stats(stats)
 
 
 def read_stats(stats: Path) -> dict[str, int]:

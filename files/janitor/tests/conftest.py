@@ -24,8 +24,8 @@ from smbshare import (  # noqa: F401  (pytest finds fixtures by name in this mod
 
 # The S3 cases `make test-janitor` runs, one or a few of each kind: the storage contract, the
 # GC oracle, a sweep through the registry, the race at the hold, verify, a SIGKILL trial,
-# an interrupted removal, a missing bucket (and `make test-janitor` checks 4 GC oracle stores
-# in buckets instead of 12, ORACLE_S3_STORES). The others get the `s3_full` marker: `make
+# an interrupted removal, a missing bucket, the fault trials' few (and `make test-janitor`
+# checks 4 GC oracle stores in buckets instead of 12, ORACLE_S3_STORES). The others get the `s3_full` marker: `make
 # test-s3` runs every S3 case.
 S3_QUICK = (
     "s3/*",
@@ -37,6 +37,7 @@ S3_QUICK = (
     "reliability/test_sigkill_verify.py::*[[]s3[]]",
     "reliability/test_interrupted_removal.py::*[[]s3[]]",
     "reliability/test_bad_input_store.py::test_missing_bucket_writes_nothing[[]s3-sweep[]]",
+    "faults/*",
 )
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")

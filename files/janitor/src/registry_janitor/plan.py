@@ -270,7 +270,17 @@ def _plan_unlinks(
     # for an index, its children (read once; the cache serves every repository).
     targets = {id(p): {x.tag.digest for x in p.deleted if x.tag.digest} for p in active}
     manifests.closure(frozenset().union(*targets.values()), reader)
-    deleted_targets = {id(p): manifests.closure(targets[id(p)], reader).reachable for p in active}
+    deleted_targets = {}
+    for p in active:
+        reach = manifests.closure(targets[id(p)], reader)
+        deleted_targets[id(p)] = reach.reachable
+        if not reach.complete:
+            # Safe (their children wait REVISION_GRACE instead of going with their tag), but
+            # a fault that changed the outcome: reported.
+            p.errors.append(
+                f"cannot read manifest(s) {', '.join(sorted(reach.unreadable))} of deleted"
+                " tags; what they reach waits for REVISION_GRACE"
+            )
     still: FirstSeen = {}
     for (p, d), written in zip(jobs, stats, strict=True):
         if isinstance(written, str):
