@@ -112,6 +112,10 @@ ssh-keygen -q -t ed25519 -N '' -C "registry-cache molecule vm" -f "$out/id_ed255
 install -d -m 0700 "$rootfs/home/$user/.ssh"
 install -m 0600 "$out/id_ed25519.pub" "$rootfs/home/$user/.ssh/authorized_keys"
 in_root chown -R "$user:$user" "/home/$user/.ssh"
+# Its systemd user manager stays up between SSH logins (starting it again for each new
+# connection costs the emulated guest seconds).
+install -d "$rootfs/var/lib/systemd/linger"
+touch "$rootfs/var/lib/systemd/linger/$user"
 
 for m in dev/pts dev sys proc; do umount "$rootfs/$m"; done
 cp "$(readlink -f "$rootfs"/boot/vmlinuz-*)" "$out/vmlinuz"
