@@ -18,6 +18,9 @@ declare -A wanted=(
     # The S3 tests: Ceph's RADOS Gateway on loopback, and libfaketime to date its objects.
     [ceph-mon]=ceph-mon [ceph-osd]=ceph-osd [radosgw]=radosgw [radosgw-admin]=ceph-common
     [ceph]=ceph-common [faketime]=faketime
+    # molecule/vm: a QEMU guest (TCG) with its own kernel, reached over SSH.
+    [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [ssh]=openssh-client
+    [mkfs.ext4]=e2fsprogs
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
