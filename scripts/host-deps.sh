@@ -18,6 +18,9 @@ declare -A wanted=(
     # The S3 tests: Ceph's RADOS Gateway on loopback, and libfaketime to date its objects.
     [ceph-mon]=ceph-mon [ceph-osd]=ceph-osd [radosgw]=radosgw [radosgw-admin]=ceph-common
     [ceph]=ceph-common [faketime]=faketime
+    # molecule/vm: a QEMU guest (TCG) with its own kernel, reached over SSH.
+    [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [ssh]=openssh-client
+    [mkfs.ext4]=e2fsprogs
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -34,6 +37,10 @@ if [ ${#missing[@]} -gt 0 ]; then
         $sudo systemctl disable --now smbd nmbd >/dev/null 2>&1 || true
     fi
 fi
+
+# promtool for `make lint` (the alert rules and their tests), taken out of Debian's
+# prometheus package without installing the server.
+"$(dirname "$0")/install-promtool.sh" >/dev/null
 
 if ! $sudo docker info >/dev/null 2>&1; then
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes the README's configuration table from the roles' meta/argument_specs.yml.
+"""Writes the variables table of docs/configuration.md from the roles' meta/argument_specs.yml.
 
 The argument specs are what Ansible validates before a role changes anything, so the
 table generated from them cannot drift from what the roles accept.
-  scripts/variables-table.py           rewrite the table in README.md
-  scripts/variables-table.py --check   exit 1 when README.md is out of date (make lint)
+  scripts/variables-table.py           rewrite the table in docs/configuration.md
+  scripts/variables-table.py --check   exit 1 when docs/configuration.md is out of date (make lint)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 TOP = Path(__file__).resolve().parent.parent
+TARGET = TOP / "docs" / "configuration.md"
 ROLES = ["host", "docker", "storagebox", "registry", "janitor"]
 BEGIN = "<!-- variables:begin (scripts/variables-table.py writes this table) -->"
 END = "<!-- variables:end -->"
@@ -62,26 +63,26 @@ def table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    parser.add_argument("--check", action="store_true", help="fail if the table is stale")
     args = parser.parse_args()
-    readme = TOP / "README.md"
-    text = readme.read_text()
+    name = TARGET.relative_to(TOP)
+    text = TARGET.read_text()
     try:
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
     except ValueError:
-        print(f"README.md: markers {BEGIN!r} ... {END!r} not found", file=sys.stderr)
+        print(f"{name}: markers {BEGIN!r} ... {END!r} not found", file=sys.stderr)
         return 2
     new = head + table() + tail
     if args.check:
         if new != text:
             print(
-                "README.md: configuration table is stale: run scripts/variables-table.py",
+                f"{name}: the variables table is stale: run scripts/variables-table.py",
                 file=sys.stderr,
             )
             return 1
         return 0
-    readme.write_text(new)
+    TARGET.write_text(new)
     return 0
 
 

@@ -120,6 +120,14 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("registry_delete_enabled", "registry_auth_users"),
     ),
     "mirror-port-of-the-registry": (mirrors({"port": 5000}), ("registry_mirrors", "registry_port")),
+    "mirror-port-of-the-registry-metrics": (
+        mirrors({"port": 5090}),
+        ("registry_mirrors", "registry_metrics_port"),
+    ),
+    "registry-metrics-port-of-the-registry": (
+        {"registry_metrics_port": 5000},
+        ("registry_metrics_port", "registry_port"),
+    ),
     "mirror-port-of-another-mirror": (
         mirrors({}, {"name": "ghcr", "remote_url": "https://ghcr.io"}),
         ("registry_mirrors", "port 5001"),

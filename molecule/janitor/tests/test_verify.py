@@ -50,10 +50,13 @@ def test_damaged_layer_is_found_quarantined_and_healed_by_a_push(host):
 
     layer = max((d for d in info["unique"] if d != info["digest"]), key=lambda d: info["blobs"][d])
     path = blob_data(V2, layer)
+    # Damaged as at its write: the mtime stays the push's, moved an hour back (verify never
+    # moves a blob whose data changed within the last 10 minutes: a write in progress).
     sh(
         host,
-        "python3 -c \"import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read());"
-        f" b[100] ^= 1; open(p, 'wb').write(b)\" {path}",
+        "python3 -c \"import os, sys, time; p = sys.argv[1]; b = bytearray(open(p, 'rb').read());"
+        " b[100] ^= 1; open(p, 'wb').write(b); t = time.time() - 3600; os.utime(p, (t, t))\""
+        f" {path}",
     )
     rc, log = verify_by_service(host)
     assert rc != 0, log

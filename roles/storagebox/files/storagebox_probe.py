@@ -299,6 +299,8 @@ class Probe:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     pass
+                except PermissionError:
+                    pass  # the kernel's cifs client reports a lock held elsewhere as EACCES
                 except OSError as exc:
                     raise CheckFailed(
                         f"flock on the share failed: {_errtext(exc)}",

@@ -1,7 +1,8 @@
 """Garbage collection without stopping pushes (GC_ENGINE=janitor, the default).
 
 1. Mark: every manifest linked as a revision in any repository is a root, whatever its age;
-   the mark is their closure over index children, OCI subjects, configs and layers, each
+   the mark is their closure over index children, configs and layers (an OCI `subject` is a
+   weak reference, as for the registry's own GC: it keeps nothing), each
    manifest read once. If any of them cannot be read, no blob is deleted in this run.
 2. Candidates: blobs not marked whose `data` is older than the grace period (GC_GRACE). A
    blob uploaded for a manifest not pushed yet is young; so is one a push is writing now.
@@ -121,6 +122,7 @@ class Collector:
         self.settle_seconds = settle
         self.dry_run = dry_run
         self._held: dict[str, Candidate] = {}  # held now: put back if anything goes wrong
+        self._layers_left: list[str] = []  # held `_layers` not settled yet
         self._held_lock = threading.Lock()
 
     # -- reads only ----------------------------------------------------------------------
@@ -264,6 +266,7 @@ class Collector:
         Everything from the first hold to the last delete is one transaction: whatever
         raises on the way, every blob still held is put back before the error propagates.
         """
+        self._layers_left = list(held_layers)
         try:
             self._collect(mark, roots, held_layers, stats)
         except BaseException:
@@ -274,7 +277,21 @@ class Collector:
                     self._restore(left)
                 except OSError as exc:  # named above, blob by blob; the first error matters
                     log.error("%s", exc)
+            for repo in self._layers_left:  # back where they were: the safe side
+                self._put_back_layers(repo)
             raise
+
+    def _put_back_layers(self, repo: str) -> None:
+        try:
+            self.hold.restore_layers(repo)
+        except OSError as exc:
+            self.out.emit(
+                "error",
+                f"failed: put back the held layer links of {repo} ({exc}); the next run puts"
+                " them back first thing",
+                level=logging.ERROR,
+                repository=repo,
+            )
 
     def _held_now(self) -> set[str]:
         with self._held_lock:
@@ -311,7 +328,20 @@ class Collector:
                 stats.gc_ok = False
                 stats.gc_message = "no blob deleted: the re-check could not read the store"
         for repo in held_layers:
-            if self.hold.settle_layers(repo):
+            try:
+                back = self.hold.settle_layers(repo)
+            except OSError as exc:
+                # Cannot tell whether a push reached it: its links go back (the repository
+                # reappears empty, and a later sweep removes it again).
+                log.warning(
+                    "cannot settle the layer links of %s (%s): putting them back", repo, exc
+                )
+                stats.errors += 1
+                self._put_back_layers(repo)
+                continue
+            finally:
+                self._layers_left.remove(repo)
+            if back:
                 self.out.emit(
                     "layers_restored",
                     f"put back the layer links of {repo}: a push reached it while it was removed",
@@ -427,6 +457,8 @@ class Collector:
                 self.reader.forget(d)
             nxt: set[str] = set()
             for digest, m in self.reader.read_many(frontier).items():
+                if m is None and digest not in new and digest in self.reader.plain:
+                    continue  # an index entry that is a plain blob: its parent names it
                 if m is None:
                     why = self.reader.problems.get(digest, "unreadable")
                     survey.gap(digest, f"a manifest pushed during garbage collection: {why}")

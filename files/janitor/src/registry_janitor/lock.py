@@ -5,10 +5,14 @@ takes the same lock (it moves corrupt blobs out of the registry's tree) but must
 sweep its run: the holder writes its command into the lock file, and when either side of a
 clash is a `verify`, the newcomer waits for the lock (up to WAIT seconds) instead of failing.
 A verify run is bounded by its budget, so a sweep waits minutes at most.
+
+A lock held elsewhere fails `flock(LOCK_NB)` with EWOULDBLOCK on local filesystems; the
+kernel's cifs client (the Storage Box mount) says EACCES instead (measured in molecule/vm).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -21,6 +25,8 @@ from typing import Self
 # How long a run waits for the lock when a `verify` is involved.
 WAIT = 3600.0
 _POLL = 0.2
+# What flock(LOCK_EX | LOCK_NB) fails with when another process holds the lock.
+_HELD = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
 
 
 class LockHeld(Exception):
@@ -72,7 +78,9 @@ class SweepLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
-            except BlockingIOError:
+            except OSError as exc:
+                if exc.errno not in _HELD:
+                    raise
                 holder = os.pread(fd, 64, 0).decode(errors="replace").partition(" ")[0]
                 if "verify" not in (holder, self.command) or (
                     deadline is not None and time.monotonic() >= deadline

@@ -77,23 +77,23 @@ BLOB_TYPES = frozenset(
     }
 )
 
-SUBJECT = "subject"  # how a referrer names the manifest it is about (OCI 1.1)
-
 
 @dataclass(frozen=True)
 class Manifest:
     digest: str
     size: int  # bytes of the manifest blob itself
     # Manifests it references, to follow: index entries of a manifest media type or of an
-    # unknown one, and an OCI `subject`.
+    # unknown one.
     children: tuple[str, ...]
     # (digest, size) of its config and layers, and the index entries that are not manifests
     # (or may not be: those of an unknown media type); size -1: unknown.
     blobs: tuple[tuple[str, int], ...]
-    # How each child is listed: its media type as the entry gives it ("" when missing), or
-    # SUBJECT. A child listed with a media type not in MANIFEST_TYPES may turn out to be a
-    # plain blob; a subject need not exist at all (closure()).
+    # The media type each child is listed with ("" when the entry has none), for messages.
     listed: tuple[tuple[str, str], ...] = ()
+    # An OCI 1.1 referrer's `subject`: the manifest it is about (a signature's image). A weak
+    # reference (image-spec manifest.md): not followed, so it keeps nothing alive, just as
+    # the registry's own garbage-collect ignores it; retention reads it (plan.py).
+    subject: str | None = None
 
 
 def _descriptor(d: object) -> tuple[str, int] | None:
@@ -145,13 +145,11 @@ def parse(digest: str, raw: bytes) -> Manifest | None:
             blobs.append(desc)  # marked whatever it turns out to be
         children.append(desc[0])
         listed.append((desc[0], media_type))
-    # OCI 1.1 referrers (signatures, SBOMs) name the manifest they are about.
-    if "subject" in doc and doc["subject"] is not None:
-        desc = _descriptor(doc["subject"])
-        if desc is None:
-            return None
-        children.append(desc[0])
-        listed.append((desc[0], SUBJECT))
+    # OCI 1.1 referrers (signatures, SBOMs) name the manifest they are about. Nothing is
+    # followed through it, so one the janitor cannot read (another digest algorithm) is
+    # simply no subject.
+    subject_desc = _descriptor(doc.get("subject"))
+    subject = subject_desc[0] if subject_desc is not None else None
     for d in [doc.get("config"), *(doc.get("layers") or [])]:
         desc = _descriptor(d)
         if desc is not None:
@@ -159,7 +157,7 @@ def parse(digest: str, raw: bytes) -> Manifest | None:
     for layer in doc.get("fsLayers") or []:  # schema 1
         if isinstance(layer, dict) and isinstance(layer.get("blobSum"), str):
             blobs.append((layer["blobSum"], -1))
-    return Manifest(digest, len(raw), tuple(children), tuple(blobs), tuple(listed))
+    return Manifest(digest, len(raw), tuple(children), tuple(blobs), tuple(listed), subject)
 
 
 def looks_like_manifest(raw: bytes) -> bool:
@@ -181,7 +179,6 @@ class ManifestReader:
         self.reads = 0  # blobs actually read (cache misses)
         # digest -> why it could not be used ("missing", "not a manifest", an OS error)
         self.problems: dict[str, str] = {}
-        self.absent: set[str] = set()  # no blob at all (the store answered "not found")
         # Read completely, content matches the digest, and not a manifest (a layer, a cache
         # config): a plain blob, which names nothing the registry could follow.
         self.plain: set[str] = set()
@@ -209,15 +206,12 @@ class ManifestReader:
             if self._cache.get(digest, 1) is None:
                 del self._cache[digest]
                 self.problems.pop(digest, None)
-                self.absent.discard(digest)
                 self.plain.discard(digest)
 
     def _load(self, digest: str) -> Manifest | None:
         try:
             raw, st = self.storage.read(blob_data(digest), MANIFEST_MAX + 1)
         except FileNotFoundError:
-            with self._lock:
-                self.absent.add(digest)
             return self._problem(digest, "manifest blob missing")
         except OSError as exc:
             return self._problem(digest, f"cannot read manifest blob: {exc.strerror or exc}")
@@ -231,7 +225,10 @@ class ManifestReader:
             return m
         if looks_like_manifest(raw):
             return self._problem(
-                digest, "a manifest whose references the janitor cannot read completely"
+                digest,
+                "a manifest the janitor cannot follow completely (an index entry without a"
+                " sha256 digest, or `manifests` not a list): no blob is deleted while it is"
+                " linked; delete the tags that reach it",
             )
         if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
             return self._problem(
@@ -284,6 +281,16 @@ class ManifestReader:
                 sizes[m.digest] = m.size
         return sizes
 
+    def subjects(self, digests: Iterable[str]) -> dict[str, str]:
+        """digest -> its OCI subject, for those of `digests` that are referrers. Reads like
+        `blob_sizes`, keeping nothing parsed (the unreachable revisions of a large store)."""
+        todo = sorted(set(digests))
+        return {
+            d: m.subject
+            for d, m in zip(todo, pmap_batched(self.pool, self._sizes_of, todo), strict=True)
+            if m is not None and m.subject is not None
+        }
+
     def read_many(self, digests: Iterable[str]) -> dict[str, Manifest | None]:
         todo = sorted(set(digests))
         return dict(zip(todo, pmap_batched(self.pool, self._read, todo), strict=True))
@@ -321,31 +328,26 @@ def _context(listings: set[tuple[str, str]]) -> str:
     """How a digest that could not be followed is referenced, for the message."""
     parts = []
     for parent, how in sorted(listings)[:3]:
-        if how == SUBJECT:
-            parts.append(f"the subject of {parent}")
-        else:
-            parts.append(f"listed by index {parent} as {how or 'an entry without a media type'}")
+        parts.append(f"listed by index {parent} as {how or 'an entry without a media type'}")
     return "; ".join(parts) + (" ..." if len(listings) > 3 else "")
 
 
 def closure(roots: Iterable[str], reader: ManifestReader) -> Reachability:
-    """Manifests reachable from `roots`, following indexes (and OCI subjects) to their
-    children recursively, and the blobs they name. Each manifest is read once.
+    """Manifests reachable from `roots`, following indexes to their children recursively,
+    and the blobs they name. Each manifest is read once. An OCI subject is not followed
+    (a weak reference: see Manifest.subject).
 
     A root (a linked revision) must read as a manifest, or the reachability is incomplete
     (fail closed: what it names is unknown). So must a child, with one exception: an index
     entry (of any media type) whose blob reads completely, matches its digest and is not a
     manifest by the registry's rules is a plain blob. The registry accepts one (an index's
-    entries need only exist, `_layers` included), and it names nothing. A subject whose blob
-    does not exist is fine too: OCI 1.1 lets a referrer arrive before, or outlive, the
-    manifest it is about. A missing index entry, a read error or content that does not match
-    its digest stays a failure.
+    entries need only exist, `_layers` included), and it names nothing. A missing index
+    entry, a read error or content that does not match its digest stays a failure.
     """
     root_set = frozenset(roots)
     seen: set[str] = set()
     unreadable: set[str] = set()
     plain: set[str] = set()
-    dangling: set[str] = set()  # reached as a child, no blob
     blobs: set[str] = set()
     # child -> {(parent, how it is listed)}: only digests reached as children
     listings: dict[str, set[tuple[str, str]]] = {}
@@ -361,16 +363,9 @@ def closure(roots: Iterable[str], reader: ManifestReader) -> Reachability:
                     listings.setdefault(child, set()).add((digest, how))
             elif digest not in root_set and digest in reader.plain:
                 plain.add(digest)
-            elif digest not in root_set and digest in reader.absent:
-                dangling.add(digest)  # fine if only ever a subject: decided at the end
             else:
                 unreadable.add(digest)
         frontier = nxt - seen
-    for digest in dangling:
-        if {how for _, how in listings.get(digest, ())} == {SUBJECT}:
-            plain.add(digest)  # a dangling subject: nothing to follow
-        else:
-            unreadable.add(digest)
     for digest in unreadable & listings.keys():
         reader.note(digest, _context(listings[digest]))
     return Reachability(frozenset(seen - plain), frozenset(unreadable), frozenset(blobs | plain))

@@ -2,6 +2,11 @@
 
 The dry run prints this plan; the real run applies it (sweep.py), so there is one code path.
 
+Signature tags (`sha256-<hex>.sig|.att|.sbom`, `sha256-<hex>`) follow their image
+(retention.py): which manifests the kept ordinary tags reach is read here, then
+`retention.decide_attached` decides them. An untagged OCI referrer (a manifest with a
+`subject`) stays linked while its subject is kept.
+
 Unreachable revisions (manifests no remaining tag reaches) are unlinked only once they have
 been unreachable for a while (REVISION_GRACE, or KEEP_MIN_AGE if longer):
 - a revision whose last tag this very prune deletes (and, for an index, its children): dated
@@ -45,6 +50,7 @@ class RepoPlan:
     rule: Rule
     decisions: list[retention.TagDecision] = field(default_factory=list)
     leftovers: list[Tag] = field(default_factory=list)
+    attached: list[Tag] = field(default_factory=list)  # signature tags, decided after reach
     unlink: list[str] = field(default_factory=list)
     unlink_mtimes: dict[str, float] = field(default_factory=dict)  # revision link mtime seen
     spared: int = 0  # unreachable revisions not unreachable for long enough yet
@@ -107,7 +113,8 @@ def _decide(repo: Repository, rule: Rule, now: float) -> RepoPlan:
             retention.TagDecision(t, True, "repository not fully readable") for t in repo.tags
         ]
         return plan
-    plan.decisions = retention.decide(repo.tags, rule, now)
+    plan.decisions = retention.decide(repo.tags, rule, now, repo.revisions)
+    plan.attached = [t for t in repo.tags if retention.attached_to(t, repo.revisions)]
     plan.leftovers = [t for t in repo.tags if retention.is_leftover(t, now)]
     return plan
 
@@ -144,6 +151,7 @@ def plan_all(
     seen = first_seen if first_seen is not None else {}
     plans = [_decide(r, policy.rule_for(r.name), now) for r in repos]
     active = [p for p in plans if p.repository.complete]
+    _decide_attached([p for p in active if p.attached], now, reader)
     if unlink_untagged:
         _plan_unlinks(active, now, reader, storage, revision_grace, seen, pool)
     empty = []
@@ -168,6 +176,69 @@ def plan_all(
     return plans
 
 
+def _reaches(
+    plans: Sequence[RepoPlan],
+    roots: Sequence[frozenset[str]],
+    reader: manifests.ManifestReader,
+    consequence: str,
+) -> list[manifests.Reachability]:
+    """What each plan's roots reach; a warning names what could not be read, and what
+    follows from it. One manifest walk for all the repositories, then each from the cache."""
+    manifests.closure(frozenset().union(*roots), reader)
+    out = []
+    for p, repo_roots in zip(plans, roots, strict=True):
+        reach = manifests.closure(repo_roots, reader)
+        if not reach.complete:
+            # An error of the repository, not a warning: the sweep reports it (exit 1), so a
+            # fault that changed what the prune does is never silent.
+            p.errors.append(
+                f"cannot read manifest(s) {', '.join(sorted(reach.unreadable))}; {consequence}"
+            )
+        out.append(reach)
+    return out
+
+
+def _decide_attached(plans: list[RepoPlan], now: float, reader: manifests.ManifestReader) -> None:
+    """Signature tags: kept while the kept ordinary tags reach their manifest."""
+    roots = [retention.remaining_roots(p.decisions) for p in plans]
+    for p, reach in zip(
+        plans, _reaches(plans, roots, reader, "keeping every signature tag here"), strict=True
+    ):
+        p.decisions += retention.decide_attached(
+            p.attached,
+            p.rule,
+            now,
+            p.repository.revisions,
+            reach.reachable if reach.complete else None,
+        )
+
+
+def _with_referrers(
+    active: list[RepoPlan], roots: list[frozenset[str]], reader: manifests.ManifestReader
+) -> list[frozenset[str]]:
+    """The roots plus every untagged OCI referrer whose subject they reach (and, in turn,
+    referrers of those). Reads the unreachable revisions, all repositories at once."""
+    found: dict[str, str] = {}  # referrer -> subject
+    checked: frozenset[str] = frozenset()
+    while True:
+        reaches = [manifests.closure(r, reader) for r in roots]  # served from the cache
+        unreached = [
+            p.repository.revisions - reach.reachable if reach.complete else frozenset()
+            for p, reach in zip(active, reaches, strict=True)
+        ]
+        subjects = reader.subjects(frozenset().union(*unreached) - checked)
+        checked |= frozenset().union(*unreached)
+        found.update(subjects)
+        grown = False
+        for i, reach in enumerate(reaches):
+            more = {d for d in unreached[i] if found.get(d) in reach.reachable}
+            if more:
+                roots[i] = roots[i] | more
+                grown = True
+        if not grown:
+            return roots
+
+
 def _plan_unlinks(
     active: list[RepoPlan],
     now: float,
@@ -178,18 +249,13 @@ def _plan_unlinks(
     pool: Executor | None,
 ) -> None:
     roots = [retention.remaining_roots(p.decisions) for p in active]
-    manifests.closure(frozenset().union(*roots), reader)  # fills the cache for all
+    roots = _with_referrers(active, roots, reader)
     candidates: dict[int, list[str]] = {}
-    for p, repo_roots in zip(active, roots, strict=True):
-        reach = manifests.closure(repo_roots, reader)  # served from the cache
-        if not reach.complete:
-            log.warning(
-                "%s: cannot read manifest(s) %s; not unlinking any revision here",
-                p.repository.name,
-                ", ".join(sorted(reach.unreadable)),
-            )
-            continue
-        candidates[id(p)] = sorted(p.repository.revisions - reach.reachable)
+    for p, reach in zip(
+        active, _reaches(active, roots, reader, "not unlinking any revision here"), strict=True
+    ):
+        if reach.complete:
+            candidates[id(p)] = sorted(p.repository.revisions - reach.reachable)
     jobs = [(p, d) for p in active for d in candidates.get(id(p), [])]
     stats = store.pmap_batched(
         pool,
@@ -204,7 +270,17 @@ def _plan_unlinks(
     # for an index, its children (read once; the cache serves every repository).
     targets = {id(p): {x.tag.digest for x in p.deleted if x.tag.digest} for p in active}
     manifests.closure(frozenset().union(*targets.values()), reader)
-    deleted_targets = {id(p): manifests.closure(targets[id(p)], reader).reachable for p in active}
+    deleted_targets = {}
+    for p in active:
+        reach = manifests.closure(targets[id(p)], reader)
+        deleted_targets[id(p)] = reach.reachable
+        if not reach.complete:
+            # Safe (their children wait REVISION_GRACE instead of going with their tag), but
+            # a fault that changed the outcome: reported.
+            p.errors.append(
+                f"cannot read manifest(s) {', '.join(sorted(reach.unreadable))} of deleted"
+                " tags; what they reach waits for REVISION_GRACE"
+            )
     still: FirstSeen = {}
     for (p, d), written in zip(jobs, stats, strict=True):
         if isinstance(written, str):

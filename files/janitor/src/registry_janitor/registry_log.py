@@ -164,5 +164,7 @@ class RegistryLog:
             *complete, self._partial = (self._partial + chunk).split(b"\n")
             for raw in complete:
                 self.lines += 1
+                if b"sha256:" not in raw:
+                    continue  # names no blob (most lines: pings, manifests by tag, PATCH)
                 for digest, when in touches(raw.decode("utf-8", "replace"), now):
                     found[digest] = max(when, found.get(digest, 0.0))

@@ -14,10 +14,19 @@ Semantics (also in the README):
 - A rule's max_age (policy file only) deletes unprotected tags older than it even within N.
 - Tags are names: deleting a tag that shares its digest with a kept tag removes only the
   name; the manifest stays because reachability is computed from the remaining tags.
+- Signature tags follow their image. A tag named `sha256-<hex>.sig`, `.att` or `.sbom`
+  (cosign's tag scheme) or `sha256-<hex>` (the OCI 1.1 referrers fallback tag) whose manifest
+  `sha256:<hex>` is a revision of the same repository is attached to that manifest: it is not
+  ranked and never counts toward N (`decide` leaves it out); `decide_attached` keeps it
+  while that manifest is kept (reachable from the kept ordinary tags) and deletes it in the
+  same prune as the last tag that kept the manifest. Protected and young attached tags stay,
+  as any tag does. When `sha256:<hex>` is not a revision of the repository (cosign's
+  COSIGN_REPOSITORY puts signatures in another one) the tag is an ordinary tag.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,6 +40,12 @@ KEEP_YOUNG = "younger than min age"
 KEEP_NEWEST = "within newest N"
 DELETE_BEYOND_N = "beyond newest N"
 DELETE_MAX_AGE = "older than max age"
+KEEP_ATTACHED = "its manifest is kept"
+DELETE_ATTACHED = "its manifest is not kept any more"
+KEEP_UNKNOWN = "cannot tell whether its manifest is kept"
+
+# cosign pkg/oci/remote/remote.go suffixTag; distribution-spec spec.md Referrers Tag Schema
+ATTACHED_TAG = re.compile(r"sha256-([0-9a-f]{64})(?:\.(?:sig|att|sbom))?")
 
 
 @dataclass(frozen=True)
@@ -45,12 +60,28 @@ def rank_key(tag: Tag) -> tuple[float, str]:
     return (tag.mtime, tag.name)
 
 
-def decide(tags: Iterable[Tag], rule: Rule, now: float) -> list[TagDecision]:
-    """Keep/delete for each servable tag (one with a digest) of one repository.
+def attached_to(tag: Tag, revisions: frozenset[str]) -> str | None:
+    """The manifest a signature tag is attached to; None for an ordinary tag."""
+    m = ATTACHED_TAG.fullmatch(tag.name)
+    if m is None or tag.digest is None:
+        return None
+    subject = f"sha256:{m[1]}"
+    return subject if subject in revisions else None
+
+
+def decide(
+    tags: Iterable[Tag], rule: Rule, now: float, revisions: frozenset[str] = frozenset()
+) -> list[TagDecision]:
+    """Keep/delete for each servable ordinary tag (one with a digest) of one repository;
+    `revisions` (the repository's) tells attached tags, which are left out (decide_attached).
 
     Returned newest first. Tags without a digest are not ranked: see `is_leftover`.
     """
-    ranked = sorted((t for t in tags if t.digest is not None), key=rank_key, reverse=True)
+    ranked = sorted(
+        (t for t in tags if t.digest is not None and attached_to(t, revisions) is None),
+        key=rank_key,
+        reverse=True,
+    )
     decisions: list[TagDecision] = []
     kept_unprotected = 0
     for tag in ranked:
@@ -67,6 +98,36 @@ def decide(tags: Iterable[Tag], rule: Rule, now: float) -> list[TagDecision]:
             decisions.append(TagDecision(tag, True, KEEP_NEWEST))
         else:
             decisions.append(TagDecision(tag, False, DELETE_BEYOND_N))
+    return decisions
+
+
+def decide_attached(
+    tags: Iterable[Tag],
+    rule: Rule,
+    now: float,
+    revisions: frozenset[str],
+    kept: frozenset[str] | None,
+) -> list[TagDecision]:
+    """Keep/delete for each attached tag of one repository (`attached_to`), newest first.
+
+    `kept`: the manifests the kept ordinary tags reach (with their index children); None
+    when that is unknown (a manifest could not be read): then every attached tag stays.
+    """
+    decisions = []
+    for tag in sorted(tags, key=rank_key, reverse=True):
+        subject = attached_to(tag, revisions)
+        if subject is None:
+            continue
+        if rule.is_protected(tag.name):
+            decisions.append(TagDecision(tag, True, KEEP_PROTECTED))
+        elif now - tag.mtime < rule.keep_min_age:
+            decisions.append(TagDecision(tag, True, KEEP_YOUNG))
+        elif kept is None:
+            decisions.append(TagDecision(tag, True, KEEP_UNKNOWN))
+        elif subject in kept:
+            decisions.append(TagDecision(tag, True, KEEP_ATTACHED))
+        else:
+            decisions.append(TagDecision(tag, False, DELETE_ATTACHED))
     return decisions
 
 

@@ -61,24 +61,17 @@ def test_random_faults(
     check(trials.run_trial(backend_fixture(request, backend), trial, SEED, tmp_path))
 
 
-# Random trials that failed on main after issue 21's fixes (make fault-trials, SEED=1), pinned
-# here until they are fixed: (backend, seed, trial) -> what goes wrong.
+# Random trials that failed on main after issue 21's first fixes (make fault-trials, SEED=1),
+# kept as regression cases: (backend, seed, trial) -> what went wrong before the fix.
 FOUND = {
-    ("filesystem", 1, 127): "GC fails (EBUSY deleting in the hold): the blobs go back, but the"
-    " `_layers` the prune held for an empty repository stay in .registry-janitor-held",
-    ("filesystem", 1, 255): "a manifest blob that cannot be read (EIO) silently spares its"
-    " repository's unreachable revisions and empty repository: exit 0, no warning, counted"
-    " as 'spared until unreachable for 1 h'",
+    ("filesystem", 1, 127): "GC failed (EBUSY deleting in the hold): the blobs went back, but"
+    " the `_layers` the prune held for an empty repository stayed in .registry-janitor-held",
+    ("filesystem", 1, 255): "a manifest blob that could not be read (EIO) silently spared its"
+    " repository's unreachable revisions and empty repository: exit 0, no error",
 }
 
 
-@pytest.mark.parametrize(
-    ("backend", "seed", "trial"),
-    [
-        pytest.param(*case, marks=pytest.mark.xfail(reason=why, strict=False))
-        for case, why in sorted(FOUND.items())
-    ],
-)
+@pytest.mark.parametrize(("backend", "seed", "trial"), sorted(FOUND))
 def test_found_by_the_trials(
     backend: str, seed: int, trial: int, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ with sweeps."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -445,6 +446,22 @@ def test_a_sweep_waits_for_a_verify_and_a_verify_for_a_sweep(tmp_path: Path) -> 
             assert time.monotonic() - t0 >= 0.5
             assert path.read_text().startswith(f"{newcomer} {os.getpid()}")
         assert waited == [holder]
+
+
+def test_a_lock_held_on_a_cifs_mount_eacces_is_held_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's cifs client fails flock(LOCK_NB) on a lock held elsewhere with EACCES,
+    not EWOULDBLOCK (molecule/vm): that is "another sweep holds the lock"."""
+
+    def flock_on_cifs(fd: int, operation: int) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    path = tmp_path / "lock"
+    path.write_text("sweep 1\n")
+    monkeypatch.setattr(lock.fcntl, "flock", flock_on_cifs)
+    with pytest.raises(lock.LockHeld, match="another sweep holds the lock"):
+        lock.SweepLock(path, "prune").__enter__()
 
 
 def test_sweeps_still_refuse_each_other_at_once_and_waits_are_bounded(tmp_path: Path) -> None:
