@@ -48,6 +48,8 @@ HELD = ".registry-janitor-held"
 # Registry answers again after the share returns: one retry period (5 s, molecule.yml) plus
 # `docker compose up --wait` in an emulated guest.
 RESUME_LIMIT_SECONDS = 300
+# A reboot of the emulated guest: its boot alone took 2-5 minutes on the loaded 2-core machine.
+REBOOT_LIMIT_SECONDS = 900
 FIGURES = PROJECT / ".cache" / "molecule-vm-figures.json"
 
 
@@ -291,11 +293,20 @@ def test_4_sweep_with_the_janitors_gc_leaves_nothing_behind(host):
                 assert not Path(blob_data(str(SERVER_V2), digest)).exists(), (digest, first, second)
     for n in (2, 3):
         pull_completely(f"vm/sweep:t{n}")
+    # The janitor keeps `<held>/blobs` itself as an anchor (backends.py): what is below counts.
     leftovers = sh(
-        host, f"find {DATA}/{TRASH} {DATA}/{HELD} -mindepth 1 2>/dev/null || true"
+        host,
+        f"find {DATA}/{TRASH} {DATA}/{HELD} -mindepth 1 -not -path '*/{HELD}/blobs' 2>/dev/null"
+        " || true",
     ).split()
     assert leftovers == [], (leftovers, first, second)
-    server_left = [str(p) for d in (TRASH, HELD) for p in (SERVER_V2.parents[2] / d).glob("**/*")]
+    server = SERVER_V2.parents[2]
+    server_left = [
+        str(p)
+        for d in (TRASH, HELD)
+        for p in (server / d).glob("**/*")
+        if p != server / HELD / "blobs"
+    ]
     assert server_left == [], server_left
     # The earlier test's images are untouched.
     pull_completely("vm/app:index")
@@ -440,8 +451,8 @@ def test_8_reboot_brings_the_mount_and_the_registry_back(host):
             return False
         return bool(new) and new != boot_id
 
-    wait_until("the guest is back", rebooted, 600, 5)
-    wait_until("the registry answers", registry_answers, RESUME_LIMIT_SECONDS)
+    wait_until("the guest is back", rebooted, REBOOT_LIMIT_SECONDS, 5)
+    wait_until("the registry answers", registry_answers, REBOOT_LIMIT_SECONDS)
     record("reboot_seconds_registry_back", round(time.monotonic() - start, 1))
     pull_completely("vm/app:index")
     pull_completely("vm/sweep:t3")
