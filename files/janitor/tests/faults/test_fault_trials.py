@@ -1,5 +1,5 @@
 """A few fault trials per backend (trials.py; `make fault-trials` runs 500 per backend): the
-faults issue 21 names (SCENARIOS) and random ones. Each asserts that no blob a served tag
+named faults that once lost data (SCENARIOS) and random ones. Each asserts that no blob a served tag
 needs was deleted, nothing was left held, and a fault that changed the outcome was reported.
 """
 
@@ -18,7 +18,7 @@ SEED = int(os.environ.get("FAULT_TRIALS_SEED", "7"))
 # (unlistable revisions) left out.
 RANDOM = {"filesystem": range(3), "s3": range(0)}
 LEFT_OUT = {("s3", "unlistable-revisions")}
-# Each of these failed on the code before issue 21's fixes (docs/reliability.md, "Fault
+# Each of these failed on the code before the janitor failed closed (docs/reliability.md, "Fault
 # trials"): the unlistable namespace and the truncated listing deleted blobs of served tags,
 # the failing hold left blobs held.
 SCENARIO_CASES = [
@@ -61,7 +61,7 @@ def test_random_faults(
     check(trials.run_trial(backend_fixture(request, backend), trial, SEED, tmp_path))
 
 
-# Random trials that failed on main after issue 21's first fixes (make fault-trials, SEED=1),
+# Random trials that failed after the first fail-closed fixes (make fault-trials, SEED=1),
 # kept as regression cases: (backend, seed, trial) -> what went wrong before the fix.
 FOUND = {
     ("filesystem", 1, 127): "GC failed (EBUSY deleting in the hold): the blobs went back, but"

@@ -174,7 +174,7 @@ def _namespace(gen: Generated) -> str:
     return f"{faultstore.REPOSITORIES}/{(gen.namespaces or gen.repositories)[0]}"
 
 
-# The faults issue 21 names, each on every matching call (boto3's retries see it too), as
+# The named faults (each once lost data or left blobs held), each on every matching call (boto3's retries see it too), as
 # the trials' first check that they can fail: `--scenario NAME`, and the tests in
 # test_fault_trials.py.
 SCENARIOS: dict[str, dict[str, Any]] = {
