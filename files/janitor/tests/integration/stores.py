@@ -350,3 +350,31 @@ def store_factory(backend: str, request: pytest.FixtureRequest) -> Callable[[str
         return lambda hint: None
     gateway = request.getfixturevalue("rgw")
     return lambda hint: S3Store(gateway.bucket(hint))
+
+
+def check_stores(
+    check: Callable[[Path, int, Callable[[str], Store | None]], tuple[int, int]],
+    seeds: list[int],
+    root: Path,
+    make: Callable[[str], Store | None],
+    backend: str,
+) -> list[tuple[int, int]]:
+    """Runs `check(dir, seed, make)` on every seed, four at a time (most of the time is the
+    registry's garbage-collect), and fails naming every seed whose store differed. Returns
+    (blobs, deleted by both) per store."""
+    failures: list[str] = []
+    sizes: list[tuple[int, int]] = []
+
+    def one(seed: int) -> None:
+        try:
+            sizes.append(check(root / str(seed), seed, make))
+        except AssertionError as exc:
+            lines = str(exc).strip().splitlines() or ["?"]
+            failures.append(f"seed {seed}: {lines[0][:300]} ... {lines[-1][-700:]}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, seeds))
+    print(f"{backend}: {len(sizes)} stores, {sum(b for b, _ in sizes)} blobs, "
+          f"{sum(e for _, e in sizes)} deleted by both")  # fmt: skip
+    assert failures == [], f"{len(failures)} of {len(seeds)} stores differ:\n" + "\n".join(failures)
+    return sizes

@@ -38,7 +38,7 @@ from registry import REGISTRY_BIN, blob_data, revision_link, tag_link
 from registry_janitor import config, registry_gc
 from registry_janitor.output import Output
 from registry_janitor.sweep import Janitor
-from stores import BLOBS, REPOSITORIES, FsStore, S3Store, Store, store_factory
+from stores import BLOBS, REPOSITORIES, FsStore, S3Store, Store, check_stores, store_factory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from synthetic import Store as Synthetic
@@ -272,22 +272,8 @@ def test_janitor_gc_deletes_exactly_what_the_registry_gc_would(
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     make = new_stores(backend, request)
     stores = STORES[backend]
-    # Stores checked four at a time: most of the time is the registry's garbage-collect.
-    seeds = [SEED * 1000 + n for n in range(stores)]
-    failures: list[str] = []
-    sizes: list[tuple[int, int]] = []
-
-    def one(seed: int) -> None:
-        try:
-            sizes.append(check_store(tmp_path / str(seed), seed, make))
-        except AssertionError as exc:
-            lines = str(exc).strip().splitlines() or ["?"]
-            failures.append(f"seed {seed}: {lines[0][:300]} ... {lines[-1][-700:]}")
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one, seeds))
-    print(f"{backend}: {len(sizes)} stores, {sum(b for b, _ in sizes)} blobs, "
-          f"{sum(e for _, e in sizes)} deleted by both")  # fmt: skip
-    assert failures == [], f"{len(failures)} of {stores} stores differ:\n" + "\n".join(failures)
+    sizes = check_stores(
+        check_store, [SEED * 1000 + n for n in range(stores)], tmp_path, make, backend
+    )
     # The stores really exercise collection: most have garbage, none is all garbage.
     assert sum(1 for _, e in sizes if e) >= stores // 2

@@ -25,13 +25,12 @@ import random
 import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from registry import blob_data, revision_link, tag_link
-from stores import REPOSITORIES, FsStore, Store
+from stores import REPOSITORIES, FsStore, Store, check_stores
 from test_gc_oracle import blobs_in, janitor, new_stores, stock_dry_run, tag_link_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
@@ -276,19 +275,7 @@ def test_janitor_gc_matches_the_registry_gc_on_client_layouts(
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     make = new_stores(backend, request)
     stores = STORES[backend]
-    failures: list[str] = []
-    sizes: list[tuple[int, int]] = []
-
-    def one(seed: int) -> None:
-        try:
-            sizes.append(check_store(tmp_path / str(seed), seed, make))
-        except AssertionError as exc:
-            lines = str(exc).strip().splitlines() or ["?"]
-            failures.append(f"seed {seed}: {lines[0][:400]} ... {lines[-1][-400:]}")
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one, [SEED * 1000 + 500 + n for n in range(stores)]))
-    print(f"{backend}: {len(sizes)} stores, {sum(b for b, _ in sizes)} blobs, "
-          f"{sum(e for _, e in sizes)} deleted by both")  # fmt: skip
-    assert failures == [], f"{len(failures)} of {stores} stores differ:\n" + "\n".join(failures)
+    sizes = check_stores(
+        check_store, [SEED * 1000 + 500 + n for n in range(stores)], tmp_path, make, backend
+    )
     assert sum(1 for _, e in sizes if e) >= stores // 2
