@@ -213,7 +213,9 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
                 return EXIT_FAILED
             storage = open_storage(cfg)
             try:
-                report.run(storage, pool, out, sys.stdout)
+                report.run(
+                    storage, pool, out, sys.stdout, registry_log=cfg.registry_log, policy=cfg.policy
+                )
             finally:
                 storage.close()
             return EXIT_OK
