@@ -192,6 +192,8 @@ def tag_pulls(
     by_digest = {d: t for d, t in when.items() if d.startswith("sha256:") and t > 0}
     out: dict[str, float] = {}
     unreadable: set[str] = set()
+    if by_digest:  # one concurrent walk; each tag's closure below comes from the cache
+        manifests.closure(frozenset(t.digest for t in repo.tags if t.digest), reader)
     for tag in repo.tags:
         last = when.get(tag.name, 0.0)
         if by_digest and tag.digest is not None:
