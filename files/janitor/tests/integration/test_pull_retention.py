@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import oci
 import pytest
 from registry import Registry, pull, push, skopeo
 from registry_janitor.pulls import PULLS_FILE
+from registry_janitor.registry_log import RegistryLog
 from stores import Store, store_factory
 
 NOW = time.time()
@@ -230,5 +232,32 @@ def test_without_the_feature_the_same_store_loses_the_pulled_tags(tmp_path: Path
         assert pull(reg, "app:b0", tmp_path / "p").returncode == 0
         result = janitor.run(reg, "--json", "--keep-last-n", "1", command="prune")
         assert deleted(janitor.events(result)) == {"b0"}
+    finally:
+        reg.stop()
+
+
+@pytest.mark.parametrize("formatter", ["text", "json"])
+def test_pulls_in_both_of_the_registrys_log_formats(tmp_path: Path, formatter: str) -> None:
+    """The registry's own lines: a pull by tag (skopeo's GET), a HEAD by digest; not the
+    push, not a HEAD of a tag that does not exist."""
+    reg = Registry(tmp_path / "registry", log_level="info", log_formatter=formatter)
+    reg.start()
+    try:
+        layout = oci.Layout(tmp_path / "layout")
+        desc = layout.image([layout.layer({"f": b"x"})], label="fmt")
+        layout.tag("v1", desc)
+        push(layout.path, "v1", reg, "team/app:v1")
+        assert pull(reg, "team/app:v1", tmp_path / "p").returncode == 0
+        assert head_manifest(reg, "team/app", desc["digest"]) == 200
+        with pytest.raises(urllib.error.HTTPError):
+            head_manifest(reg, "team/app", "nope")
+        reader = RegistryLog(reg.log, pulls=True)
+        reader.read_since(None)
+        reader.close()
+        got = {(p.repository, p.reference, p.head) for p in reader.pulls}
+        assert ("team/app", "v1", False) in got
+        assert ("team/app", desc["digest"], True) in got
+        assert not any(ref == "nope" for _, ref, _ in got)
+        assert all(abs(p.when - time.time()) < 300 for p in reader.pulls)  # the log's times
     finally:
         reg.stop()
