@@ -86,6 +86,10 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"storagebox_password": f"{PASSWORD}\nsecond line"},
         ("storagebox_password",),
     ),
+    "bad-image-refresh-calendar": (
+        {"registry_image_refresh_on_calendar": "weekly-ish"},
+        ("registry_image_refresh_on_calendar",),
+    ),
     "bad-retry-calendar": (
         {"storagebox_mount_retry_on_calendar": "every minute"},
         ("storagebox_mount_retry_on_calendar",),
