@@ -255,6 +255,7 @@ def test_uninstall_removes_the_cache_and_keeps_the_stored_images(host):
         "/opt/registry-cache",
         "/etc/systemd/system/registry-cache.service",
         "/usr/local/sbin/registry-cache-sweep",
+        "/usr/local/sbin/registry-cache-image-refresh",
         "/var/lib/registry-cache",
         "/etc/storagebox-storagebox.cred",
         "/etc/logrotate.d/registry-cache",
