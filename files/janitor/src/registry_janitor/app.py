@@ -234,7 +234,12 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool, html: str | 
             try:
                 if html:
                     page = html_report.build(cfg, storage, pool)
-                    html_report.write(Path(html), page)
+                    try:
+                        html_report.write(Path(html), page)
+                    except OSError as exc:
+                        msg = f"cannot write {html}: {exc.strerror or exc}"
+                        out.emit("report_failed", msg, level=logging.ERROR, path=html)
+                        return EXIT_FAILED
                     out.emit("report_written", f"report written to {html}", path=html)
                 else:
                     report.run(storage, pool, out, sys.stdout)
