@@ -12,8 +12,12 @@ FROM ${BASE_IMAGE}
 
 # The registry that serves is the registry that collects garbage. python3-boto3: the
 # janitor on a bucket (registry_storage: s3); the role's own builds add it only then.
+# The base's own packages are upgraded too: a base image loaded from an archive (or pulled
+# long ago) would otherwise keep its libraries as they were, whatever a rebuild fetches
+# (registry-cache-image-refresh rebuilds without cache when Debian has updates).
 ARG PACKAGES="docker-registry python3 ca-certificates python3-boto3"
 RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${PACKAGES} \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s /usr/bin/docker-registry /usr/local/bin/registry

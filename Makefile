@@ -1,6 +1,7 @@
 # The commands people type. Everything runs from the repository root with the tools
 # from the project's virtualenv (.venv, made by `make venv`).
 SHELL := /bin/bash
+#: the virtualenv with the pinned tools
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
@@ -11,22 +12,36 @@ export ANSIBLE_FORCE_COLOR ?= 0
 # minutes on 2 cores. So has vm (a QEMU guest, emulated: test-molecule-vm).
 LONGEST_SCENARIOS := auth default janitor
 OWN_TARGET_SCENARIOS := s3 vm
+#: the Molecule scenarios test-molecule runs
 SCENARIOS ?= $(LONGEST_SCENARIOS) $(filter-out $(LONGEST_SCENARIOS) $(OWN_TARGET_SCENARIOS),$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # How many scenarios run at the same time (much of a scenario is waiting for systemd,
 # Docker, apt and the registry, not computing).
+#: how many Molecule scenarios run at once
 MOLECULE_JOBS ?= 5
 # pytest-xdist workers for the janitor's test suites (a file per worker): much of a test is
 # waiting for a registry, skopeo, Samba or the gateway.
+#: pytest-xdist workers for the janitor's tests
 JANITOR_TEST_JOBS ?= 2
 
-.PHONY: help check deps venv images vm-image registry-image registry-image-s3 report bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
+.PHONY: help check deps deps-up venv images vm-image registry-image registry-image-s3 report bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
 	test-molecule test-molecule-s3 test-molecule-vm test-playbooks fault-trials test clean
 
-help: ## list the targets
+help: ## list the targets and the variables that tune them
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+	@echo; echo "Variables (make TARGET NAME=value), each with its value now:"
+	@# The `#:` line right above a variable set with ?= says what it tunes.
+	@awk '/^#: / { doc = substr($$0, 4); next } /^[A-Z_]+ \?=/ && doc { print $$1 "\t" doc } { doc = "" }' $(firstword $(MAKEFILE_LIST)) | \
+		while IFS="$$(printf '\t')" read -r name doc; do \
+			printf '  %-18s %s\n  %-18s   = %s\n' "$$name" "$$doc" "" "$$($(MAKE) -s --no-print-directory print-$$name)"; done
 
-deps: ## install what the commands need (Docker engine, skopeo, debootstrap, promtool) and start dockerd
+print-%:
+	@echo '$($*)'
+
+deps: ## install what the tests and benchmarks need (Docker engine, skopeo, Samba, Ceph, QEMU, promtool) and start dockerd
 	scripts/host-deps.sh
+
+deps-up: ## install only what a local cache host needs (Docker engine, debootstrap) and start dockerd
+	scripts/host-deps.sh --up
 
 venv: $(VENV)/.installed ## create .venv with the pinned tools and the janitor
 $(VENV)/.installed: pyproject.toml files/janitor/pyproject.toml
@@ -48,7 +63,7 @@ registry-image-s3: venv images ## the same for the hosts of the s3 scenario (wit
 	$(BIN)/ansible-playbook molecule/shared/registry-image.yml -e registry_storage=s3 \
 		-e registry_preloaded_archive=$(CURDIR)/.cache/images/registry-cache-preloaded-s3.tar
 
-up: deps venv images ## bring up a local cache host and apply site.yml to it
+up: deps-up venv images ## bring up a local cache host and apply site.yml to it
 	$(BIN)/ansible-playbook playbooks/local-host.yml
 	$(BIN)/ansible-playbook -i inventories/local site.yml
 	@scripts/local-host-next-steps.sh
@@ -97,9 +112,13 @@ test-janitor: venv ## all janitor tests (SMB ones included; of the S3 cases a re
 test-s3: venv ## every janitor test on a real S3 server (RADOS Gateway on loopback), all trials, 12 GC oracle stores (36 min on the loaded 2-core VM)
 	$(BIN)/python -m pytest -q -n $(JANITOR_TEST_JOBS) --dist loadfile -m s3 files/janitor/tests
 
+#: fault-trials: how many random stores per backend
 TRIALS ?= 500
+#: fault-trials: the random seed (a trial is reproduced by SEED and START)
 SEED ?= 1
+#: fault-trials: filesystem, s3 or both
 BACKEND ?= both
+#: fault-trials: the first trial's number
 START ?= 0
 fault-trials: venv ## the janitor through injected faults (FUSE layer; S3 proxy before a RADOS Gateway): TRIALS random stores x random faults per backend (BACKEND=filesystem|s3|both), SEED, from trial START; results in .cache/fault-trials-<backend>-<start>.jsonl (times: docs/reliability.md)
 	@mkdir -p .cache
@@ -127,6 +146,10 @@ bench-smoke: deps venv ## the benchmarks at a tiny size (figures meaningless; ke
 bench-verify: venv ## registry-janitor verify vs sha256sum: 2 GiB of blobs on local disk, 64 MiB on the slow filesystem (~5 min)
 	$(BIN)/python bench/verify_throughput.py
 
+#: bench-s3: the tag counts to measure (empty: 1,500 and 5,000)
+SIZES ?=
+#: bench-s3: gc, sweep or gc,sweep (empty: both)
+PARTS ?=
 bench-s3: deps venv ## the janitor's GC and sweep on a bucket vs the registry's garbage-collect on the same bucket (RADOS Gateway on loopback; over 40 min at 1,500 and 5,000 tags on the loaded 2-core VM; SIZES=20000 PARTS=gc: about 65 min, PARTS=sweep: about 36 min)
 	$(BIN)/python bench/s3_gc.py $(if $(SIZES),--sizes $(SIZES)) $(if $(PARTS),--parts $(PARTS))
 

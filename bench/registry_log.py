@@ -5,8 +5,12 @@
 2. The janitor's reading: a log of N synthetic "response completed" blob-HEAD lines (the
    registry's own text format), read whole by RegistryLog.read_all (what each mark does):
    bytes per line, CPU seconds.
+3. The pull feed: N lines of which a third are manifest GETs and HEADs of 10,000 tags (the
+   rest blob HEADs), read by RegistryLog.read_since with pulls collected (what each sweep
+   does with a pull record), merged into the record, and the record saved on a local disk:
+   CPU seconds, the record's size.
 
-    python3 bench/registry_log.py [--lines 1000000]
+    python3 bench/registry_log.py [--lines 1000000] [--no-latency]
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "files" / "janitor" / "src"))
+from registry_janitor import pulls
 from registry_janitor.registry_log import RegistryLog
+from registry_janitor.storage import FilesystemStorage
 
 LINE = (
     'time="2026-12-07T01:23:37.175264939Z" level=info msg="response completed"'
@@ -87,16 +93,51 @@ def reading(work: Path, lines: int) -> dict[str, float]:
     }
 
 
+def pull_feed(work: Path, lines: int, tags: int = 10_000) -> dict[str, float]:
+    path = work / "pulls.log"
+    manifest = LINE.replace("/blobs/sha256:{h}", "/manifests/{h}")
+    with path.open("w") as f:
+        for i in range(lines):
+            if i % 3:
+                f.write(LINE.format(h=f"{random.getrandbits(256):064x}"))
+            else:
+                tag = f"t{random.randrange(tags)}"
+                line = manifest.format(h=tag)
+                f.write(line if i % 2 else line.replace("method=HEAD", "method=GET"))
+    store = work / "store"
+    store.mkdir()
+    storage = FilesystemStorage(store)
+    cpu, wall = time.process_time(), time.monotonic()
+    reader = RegistryLog(path, pulls=True)
+    feed = pulls.read_feed(storage, reader, time.time())
+    reader.close()
+    read_cpu = time.process_time() - cpu
+    pulls.save(storage, feed.record)
+    return {
+        "lines": reader.lines,
+        "pulls": len(feed.read),
+        "bytes_per_line": round(path.stat().st_size / lines),
+        "read_cpu_s": round(read_cpu, 1),
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "wall_s": round(time.monotonic() - wall, 1),
+        "record_bytes": (store / pulls.PULLS_FILE).stat().st_size,
+        "record_refs": sum(len(r) for r in feed.record.pulls.values()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--no-latency", action="store_true", help="skip the registry's latency")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for to_file, port in ((False, 5197), (True, 5198), (False, 5199), (True, 5196)):
-            row = {"log": "file" if to_file else "/dev/null", **latency(work, to_file, port)}
-            print(json.dumps(row), flush=True)
+        if not args.no_latency:
+            for to_file, port in ((False, 5197), (True, 5198), (False, 5199), (True, 5196)):
+                row = {"log": "file" if to_file else "/dev/null", **latency(work, to_file, port)}
+                print(json.dumps(row), flush=True)
         print(json.dumps({"read_all": reading(work, args.lines)}), flush=True)
+        print(json.dumps({"pull_feed": pull_feed(work, args.lines)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"storagebox_password": f"{PASSWORD}\nsecond line"},
         ("storagebox_password",),
     ),
+    "bad-image-refresh-calendar": (
+        {"registry_image_refresh_on_calendar": "weekly-ish"},
+        ("registry_image_refresh_on_calendar",),
+    ),
     "bad-retry-calendar": (
         {"storagebox_mount_retry_on_calendar": "every minute"},
         ("storagebox_mount_retry_on_calendar",),
@@ -175,6 +179,12 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("registry_s3_access_key", "registry_s3_secret_key"),
     ),
     "s3-bad-bucket-name": ({**S3, "registry_s3_bucket": "CI_Cache"}, ("registry_s3_bucket",)),
+    # The janitor host reads only its own registry's log: another host's pulls are unseen.
+    "pull-rules-on-a-shared-bucket": (
+        {HOSTS: [S3, S3], "janitor_keep_pulled_within": "7d"},
+        ("janitor_keep_pulled_within", "registry_storage"),
+    ),
+    "bad-pull-window": ({"janitor_keep_pulled_within": "7 days"}, ("janitor_keep_pulled_within",)),
     "s3-unknown-storage": ({"registry_storage": "nfs"}, ("registry_storage",)),
     # Two hosts, each with its own janitor, on one Storage Box share.
     "two-hosts-one-share": (
@@ -215,6 +225,7 @@ GOOD: dict[str, dict[str, Any]] = {
     # On a bucket the storagebox role does nothing: its password is not needed.
     "s3-without-storagebox-password": {**S3, "storagebox_password": ""},
     "two-hosts-on-one-bucket": {HOSTS: [S3, S3]},
+    "pull-rules-on-a-bucket-with-one-host": {**S3, "janitor_keep_pulled_within": "7d"},
     "two-hosts-each-its-own-share": {
         HOSTS: [{"storagebox_share": "u1-sub1"}, {"storagebox_share": "u1-sub2"}],
         "storagebox_mount_state": "mounted",

@@ -59,6 +59,15 @@ RECLAIMED = re.compile(r"(\d+) blobs? / [^,]* reclaimed")
 PUT_BACK = re.compile(r"(\d+) held blobs? put back")
 
 
+def stop_load(host, stop_file: str, unit: str) -> None:
+    """Asks the load (files/pushload.py) to stop after its current push and waits for it."""
+    sh(host, f"touch {stop_file}")
+    for _ in range(120):
+        if host.run(f"systemctl is-active --quiet {unit}").rc != 0:
+            break
+        time.sleep(1)
+
+
 def check_pushes(host) -> dict:
     return json.loads(sh(host, f"python3 {LOAD} --check {OUT} {STATE}").strip().splitlines()[-1])
 
@@ -94,11 +103,7 @@ def run_push_load(host) -> None:
             lost += summary["lost"]
             checked += summary["checked"]
     finally:
-        sh(host, f"touch {STOP}")
-        for _ in range(120):
-            if host.run("systemctl is-active --quiet molecule-pushload").rc != 0:
-                break
-            time.sleep(1)
+        stop_load(host, STOP, "molecule-pushload")
         if WINDOW != "readonly":
             sh(host, f"sed -i 's/^GC_WINDOW=.*/GC_WINDOW=readonly/' {SCRIPT}")
     elapsed = time.monotonic() - started

@@ -11,11 +11,13 @@ The time from "source back" to "registry answers" is measured in every trial.
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import testinfra.utils.ansible_runner
-from registry_cache_testing import unit_journal
+from registry_cache_testing import controller_tool, unit_journal
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -192,3 +194,94 @@ def test_retry_timer_leaves_a_registry_stopped_by_hand_alone(host):
     finally:
         host.run_expect([0], "systemctl start registry-cache.service")
     assert host.run(f"curl -fsS -o /dev/null --max-time 5 {V2}").rc == 0
+
+
+# The uninstall tests come last in this file: they take the cache off the host (pytest-xdist
+# runs a file on one worker, in order).
+BLOBS = f"{STANDIN}/registry/docker/registry/v2/blobs"
+
+
+def uninstall(*args: str) -> subprocess.CompletedProcess[str]:
+    """playbooks/uninstall.yml from the project against this scenario's host."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    command = [
+        controller_tool("ansible-playbook"),
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--limit",
+        "registry-cache-storage",
+        "playbooks/uninstall.yml",
+        *args,
+    ]
+    env = dict(
+        os.environ,
+        ANSIBLE_ROLES_PATH=os.path.join(project, "roles"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+    )
+    result = subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result
+
+
+def changed(result: subprocess.CompletedProcess[str]) -> int:
+    recap = re.search(r"registry-cache-storage\s*:.*changed=(\d+)", result.stdout)
+    assert recap, result.stdout[-2000:]
+    return int(recap.group(1))
+
+
+def stored_blobs(host) -> int:
+    return int(host.check_output(f"find {BLOBS} -name data -type f | wc -l"))
+
+
+def test_uninstall_in_check_mode_changes_nothing(host):
+    result = uninstall("--check", "--diff")
+    assert changed(result) > 0, "check mode shows nothing to remove on an installed host"
+    assert host.service("registry-cache.service").is_running
+    assert host.file("/opt/registry-cache/compose.yml").exists
+    assert host.run("nft list table inet registry_cache").rc == 0
+
+
+def test_uninstall_removes_the_cache_and_keeps_the_stored_images(host):
+    blobs = stored_blobs(host)
+    assert blobs > 0
+    uninstall()
+    # list-unit-files exits 1 when nothing matches: the outcome wanted here.
+    units = host.run("systemctl list-unit-files --no-legend 'registry-*' 'storagebox-*'")
+    assert units.stdout.strip() == "", units.stdout
+    for path in [
+        "/opt/registry-cache",
+        "/etc/systemd/system/registry-cache.service",
+        "/usr/local/sbin/registry-cache-sweep",
+        "/var/lib/registry-cache",
+        "/etc/storagebox-storagebox.cred",
+        "/etc/logrotate.d/registry-cache",
+        "/etc/nftables.d/registry-cache.nft",
+    ]:
+        assert not host.file(path).exists, path
+    assert (
+        host.check_output("docker ps -aq --filter label=com.docker.compose.project=registry-cache")
+        == ""
+    )
+    assert host.check_output("docker image ls -q registry-cache/registry") == ""
+    assert MOUNT not in host.file("/etc/fstab").content_string
+    assert host.run(f"mountpoint -q {MOUNT}").rc != 0
+    assert host.run("nft list table inet registry_cache").rc != 0
+    assert host.run("getent passwd registry-cache").rc != 0
+    # The share keeps every stored blob.
+    assert stored_blobs(host) == blobs
+
+
+def test_uninstall_again_changes_nothing(host):
+    assert changed(uninstall()) == 0
+
+
+def test_uninstall_with_purge_data_deletes_the_stored_images(host):
+    # The share mounted again (the stand-in's own unit): purge_data deletes what is on it.
+    host.run_expect([0], f"systemctl start {MOUNT_UNIT}")
+    assert stored_blobs(host) > 0
+    uninstall("-e", "purge_data=true")
+    assert not host.file(f"{STANDIN}/registry").exists
+    assert host.run(f"mountpoint -q {MOUNT}").rc != 0

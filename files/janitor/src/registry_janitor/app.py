@@ -62,6 +62,8 @@ def _describe(command: str, cfg: Config) -> str:
         f"keep {rule.keep_last_n} per repository",
         f"min age {rule.keep_min_age} s",
         f"protect {rule.protect_tags.pattern!r}" if rule.protect_tags else "",
+        f"keep pulled within {rule.keep_pulled_within} s" if rule.keep_pulled_within else "",
+        f"keep last {rule.keep_last_pulled} pulled" if rule.keep_last_pulled else "",
         f"{len(cfg.policy.rules)} policy rules" if cfg.policy.rules else "",
         "unlink unreachable manifests" if cfg.gc_delete_untagged else "keep untagged manifests",
         f"gc engine {cfg.gc_engine}" if command != "prune" and cfg.run_gc else "",
@@ -242,7 +244,14 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool, html: str | 
                         return EXIT_FAILED
                     out.emit("report_written", f"report written to {html}", path=html)
                 else:
-                    report.run(storage, pool, out, sys.stdout)
+                    report.run(
+                        storage,
+                        pool,
+                        out,
+                        sys.stdout,
+                        registry_log=cfg.registry_log,
+                        policy=cfg.policy,
+                    )
             finally:
                 storage.close()
             return EXIT_OK

@@ -86,6 +86,26 @@ SETTINGS: dict[str, Setting] = {
         Setting("RUN_GC", "--run-gc", "true", "run garbage-collect after pruning", boolean=True),
         Setting("KEEP_MIN_AGE", "--keep-min-age", "0", "never delete tags pushed more recently"),
         Setting("PROTECT_TAGS", "--protect-tags", "", "regex; tags it fully matches are kept"),
+        Setting(
+            "KEEP_PULLED_WITHIN",
+            "--keep-pulled-within",
+            "0",
+            "also keep tags pushed or pulled within this long (0: off; needs the registry's log)",
+        ),
+        Setting(
+            "KEEP_LAST_PULLED",
+            "--keep-last-pulled",
+            "0",
+            "also keep this many tags per repository, most recently pushed or pulled first"
+            " (0: off; needs the registry's log)",
+        ),
+        Setting(
+            "COUNT_HEAD_AS_PULL",
+            "--count-head-as-pull",
+            "true",
+            "a manifest HEAD counts as a pull for the two settings above",
+            boolean=True,
+        ),
         Setting("JANITOR_POLICY_FILE", "--policy-file", "", "TOML file with per-repository rules"),
         Setting("JANITOR_METRICS_FILE", "--metrics-file", "", "Prometheus textfile to write"),
         Setting(
@@ -380,7 +400,15 @@ def load(
     if raw["registry_bin"].strip() == "":
         raise ConfigError(name("registry_bin"), "must not be empty")
 
-    default_rule = Rule(keep_last_n=keep_last_n, keep_min_age=min_age, protect_tags=protect)
+    pulled_within = parse_duration(name("keep_pulled_within"), raw["keep_pulled_within"])
+    default_rule = Rule(
+        keep_last_n=keep_last_n,
+        keep_min_age=min_age,
+        protect_tags=protect,
+        keep_pulled_within=pulled_within or None,
+        keep_last_pulled=parse_int(name("keep_last_pulled"), raw["keep_last_pulled"], 0),
+        count_head_as_pull=b["count_head_as_pull"],
+    )
     check_rule(name("keep_min_age"), default_rule)
     policy_file = Path(raw["policy_file"]) if raw["policy_file"] else None
     policy = load_policy(policy_file, default_rule) if policy_file else Policy(default=default_rule)

@@ -19,10 +19,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry_janitor import atomic, manifests, plan, store
+from registry_janitor import atomic, manifests, plan, pulls, store
 from registry_janitor.config import Config
 from registry_janitor.output import human_bytes, iso
 from registry_janitor.records import SweepStats
+from registry_janitor.registry_log import RegistryLog
 from registry_janitor.report import RepoUsage, usage
 from registry_janitor.storage import Storage
 from registry_janitor.survey import Survey
@@ -115,6 +116,7 @@ def build(cfg: Config, storage: Storage, pool: Executor, now: float | None = Non
             # A copy: the report must not change what the next sweep dates.
             first_seen=plan.load_first_seen(storage) if cfg.gc_delete_untagged else {},
             pool=pool,
+            feed=_pull_feed(cfg, storage, now),
         )
     finally:
         reader.close()
@@ -143,6 +145,20 @@ def build(cfg: Config, storage: Storage, pool: Executor, now: float | None = Non
         except OSError as exc:
             page.gaps.append(f"statvfs {cfg.data_dir}: {exc.strerror or exc}")
     return page
+
+
+def _pull_feed(cfg: Config, storage: Storage, now: float) -> pulls.Feed | None:
+    """The pull record with the registry's log read to its end, as the sweep reads it, but
+    never saved: the page's plan decides pull rules as the next sweep would."""
+    uses = cfg.policy.default.uses_pulls or any(r.uses_pulls for _, r in cfg.policy.rules)
+    if not uses:
+        return None
+    reader = RegistryLog(cfg.registry_log, pulls=True) if cfg.registry_log else None
+    try:
+        return pulls.read_feed(storage, reader, now)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 def write(path: Path, page: Page) -> None:

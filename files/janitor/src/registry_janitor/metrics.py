@@ -61,6 +61,14 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter",
         "Garbage candidates that could not be held (an error on the share): left in place.",
     ),
+    "manifest_pulls_total": (
+        "counter",
+        "Manifest pulls (GET or HEAD answered 200) read from the registry's log, by repository.",
+    ),
+    "pull_record_coverage_seconds": (
+        "gauge",
+        "How far back the pull record holds every pull; 0: not usable in the last run.",
+    ),
 }
 
 
@@ -97,6 +105,10 @@ def render(
         "tags": [("", stats.tags_seen)],
         "tags_kept": [("", stats.tags_kept)],
         "manifests_spared": [("", stats.manifests_spared)],
+        "pull_record_coverage_seconds": [
+            ("", max(0.0, now - since) if (since := stats.pulls_covered_since) else 0.0)
+        ],
+        "manifest_pulls_total": _pulls(stats, previous),
         "blobs_marked": [("", stats.blobs_marked)],
         "blobs_spared": [("", stats.blobs_spared)],
         "phase_duration_seconds": [
@@ -126,7 +138,8 @@ def render(
     if command == "gc":
         # A separate `gc` completes the `prune` before it (the deployment runs GC in a
         # read-only window): it keeps that run's figures and adds its own.
-        for name in ("repositories", "tags", "tags_kept", "manifests_spared"):
+        names = ("repositories", "tags", "tags_kept", "manifests_spared")
+        for name in (*names, "pull_record_coverage_seconds"):
             samples[name] = [("", previous.get(P + name, 0.0))]
         samples["sweep_duration_seconds"] = [
             ("", previous.get(P + "sweep_duration_seconds", 0.0) + stats.duration)
@@ -149,6 +162,24 @@ def _gc_outcome(stats: SweepStats, previous: dict[str, float]) -> tuple[str, flo
         if key.startswith(P + "gc_ok{"):
             return key[len(P + "gc_ok") :], value
     return '{reason="not_run"}', 1.0
+
+
+def _pulls(stats: SweepStats, previous: dict[str, float]) -> list[tuple[str, float]]:
+    """Every repository and method counted so far (the previous file's), plus this run's."""
+    out: dict[str, float] = {}
+    prefix = P + "manifest_pulls_total"
+    for key, value in previous.items():
+        if key.startswith(prefix + "{"):
+            out[key.removeprefix(prefix)] = value
+    for repo, methods in stats.pulls_read.items():
+        for method, n in methods.items():
+            labels = f'{{repository="{_label(repo)}",method="{method}"}}'
+            out[labels] = out.get(labels, 0.0) + n
+    return sorted(out.items())
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _fmt(value: float) -> str:

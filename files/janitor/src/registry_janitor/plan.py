@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from registry_janitor import manifests, retention, store
+from registry_janitor import manifests, pulls, retention, store
 from registry_janitor.policy import Policy, Rule
 from registry_janitor.records import Repository, Tag
 from registry_janitor.storage import Storage
@@ -106,14 +106,27 @@ def with_condemned(seen: FirstSeen, plans: Sequence[RepoPlan]) -> FirstSeen:
     return out
 
 
-def _decide(repo: Repository, rule: Rule, now: float) -> RepoPlan:
+def _decide(
+    repo: Repository,
+    rule: Rule,
+    now: float,
+    feed: pulls.Feed | None,
+    reader: manifests.ManifestReader,
+) -> RepoPlan:
     plan = RepoPlan(repo, rule)
     if not repo.complete:
         plan.decisions = [
             retention.TagDecision(t, True, "repository not fully readable") for t in repo.tags
         ]
         return plan
-    plan.decisions = retention.decide(repo.tags, rule, now, repo.revisions)
+    pulled = None
+    if rule.uses_pulls:
+        pulled, unreadable = pulls.for_plan(feed, repo, rule.count_head_as_pull, reader)
+        if unreadable:
+            plan.errors.append(
+                f"cannot read manifest(s) {', '.join(unreadable)}; their tags count as pulled"
+            )
+    plan.decisions = retention.decide(repo.tags, rule, now, repo.revisions, pulled)
     plan.attached = [t for t in repo.tags if retention.attached_to(t, repo.revisions)]
     plan.leftovers = [t for t in repo.tags if retention.is_leftover(t, now)]
     return plan
@@ -140,16 +153,18 @@ def plan_all(
     revision_grace: int = REVISION_GRACE,
     first_seen: FirstSeen | None = None,
     pool: Executor | None = None,
+    feed: pulls.Feed | None = None,
 ) -> list[RepoPlan]:
     """Decide everything for every repository. `first_seen` is updated in place (the
-    caller saves it when it applies the plan).
+    caller saves it when it applies the plan). `feed`: the pull record, for pull rules (None:
+    none, and they keep every tag they might keep).
 
     The I/O is batched across repositories (one manifest walk, one batch of stats), so on a
     slow filesystem the number of sequential round-trip waves does not grow with the number
     of repositories.
     """
     seen = first_seen if first_seen is not None else {}
-    plans = [_decide(r, policy.rule_for(r.name), now) for r in repos]
+    plans = [_decide(r, policy.rule_for(r.name), now, feed, reader) for r in repos]
     active = [p for p in plans if p.repository.complete]
     _decide_attached([p for p in active if p.attached], now, reader)
     if unlink_untagged:

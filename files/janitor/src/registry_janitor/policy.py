@@ -11,6 +11,13 @@ The policy file is TOML::
     keep_last_n = 3
     max_age = "2d"
 
+    [[rules]]
+    match = "deploy/**"
+    keep_last_n = 2
+    keep_pulled_within = "7d"  # and every tag pushed or pulled in the last 7 days
+    keep_last_pulled = 5       # and the 5 tags pushed or pulled most recently
+    count_head_as_pull = true  # a manifest HEAD counts as a pull (the default)
+
 `*` matches within one path component, `**` across components. The first rule whose
 glob matches wins; a repository no rule matches gets the default rule (the environment).
 Keys a rule leaves out are taken from the default rule.
@@ -65,7 +72,16 @@ class Rule:
     keep_min_age: int = 0  # seconds; younger tags are never deleted
     max_age: int | None = None  # seconds; older unprotected tags are deleted even within N
     protect_tags: re.Pattern[str] | None = None
+    # Pull rules (retention.py): tags pushed or pulled within this many seconds are kept,
+    # and the `keep_last_pulled` tags pushed or pulled most recently; None / 0: off.
+    keep_pulled_within: int | None = None
+    keep_last_pulled: int = 0
+    count_head_as_pull: bool = True  # CI checks whether an image exists with a HEAD
     source: str = "default"  # for log lines: which rule decided
+
+    @property
+    def uses_pulls(self) -> bool:
+        return self.keep_pulled_within is not None or self.keep_last_pulled > 0
 
     def is_protected(self, tag: str) -> bool:
         return self.protect_tags is not None and self.protect_tags.fullmatch(tag) is not None
@@ -107,7 +123,16 @@ class Policy:
         return self.default
 
 
-_RULE_KEYS = {"match", "keep_last_n", "keep_min_age", "max_age", "protect_tags"}
+_RULE_KEYS = {
+    "match",
+    "keep_last_n",
+    "keep_min_age",
+    "max_age",
+    "protect_tags",
+    "keep_pulled_within",
+    "keep_last_pulled",
+    "count_head_as_pull",
+}
 
 
 def _rule_from_table(where: str, table: object, default: Rule) -> tuple[tuple[str, ...], Rule]:
@@ -127,12 +152,17 @@ def _rule_from_table(where: str, table: object, default: Rule) -> tuple[tuple[st
     else:
         raise PolicyError(f"{where}.match", "must be a glob or a non-empty list of globs")
     rule = replace(default, source=f"{where} ({', '.join(globs)})")
-    if "keep_last_n" in table:
-        n = table["keep_last_n"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise PolicyError(f"{where}.keep_last_n", f"must be a whole number >= 0, got {n!r}")
-        rule = replace(rule, keep_last_n=n)
-    for key in ("keep_min_age", "max_age"):
+    for key in ("keep_last_n", "keep_last_pulled"):
+        if key in table:
+            n = table[key]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise PolicyError(f"{where}.{key}", f"must be a whole number >= 0, got {n!r}")
+            rule = (
+                replace(rule, keep_last_n=n)
+                if key == "keep_last_n"
+                else replace(rule, keep_last_pulled=n)
+            )
+    for key in ("keep_min_age", "max_age", "keep_pulled_within"):
         if key in table:
             value = table[key]
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -141,11 +171,17 @@ def _rule_from_table(where: str, table: object, default: Rule) -> tuple[tuple[st
                 seconds = parse_duration(f"{where}.{key}", value)
             else:
                 raise PolicyError(f"{where}.{key}", f"must be a duration string, got {value!r}")
-            rule = (
-                replace(rule, keep_min_age=seconds)
-                if key == "keep_min_age"
-                else replace(rule, max_age=seconds)
-            )
+            if key == "keep_min_age":
+                rule = replace(rule, keep_min_age=seconds)
+            elif key == "max_age":
+                rule = replace(rule, max_age=seconds)
+            else:  # 0: off, as for the default
+                rule = replace(rule, keep_pulled_within=seconds or None)
+    if "count_head_as_pull" in table:
+        head = table["count_head_as_pull"]
+        if not isinstance(head, bool):
+            raise PolicyError(f"{where}.count_head_as_pull", f"must be true or false, got {head!r}")
+        rule = replace(rule, count_head_as_pull=head)
     if "protect_tags" in table:
         pattern = table["protect_tags"]
         if not isinstance(pattern, str):

@@ -83,6 +83,9 @@ class SweepStats:
     blobs_touched: int = 0  # candidates the registry's log showed a client asking for: kept
     bytes_reclaimed: int = 0
     blobs_unknown_size: int = 0
+    # Manifest pulls read from the registry's log in this run: repository -> method -> count
+    pulls_read: dict[str, dict[str, int]] = field(default_factory=dict)
+    pulls_covered_since: float | None = None  # the pull record holds every pull since
     duration: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     stopped: bool = False

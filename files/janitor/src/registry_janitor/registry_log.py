@@ -16,16 +16,23 @@ wanted). Both of the registry's log formatters are read (text, json).
 The log is an aid, never a reason to delete: a log that cannot be read, that was rotated past
 lines not read yet, or that is not configured, makes the janitor fall back to what it does
 without one (grace, hold, settle, re-check). It only ever keeps or puts back blobs.
+
+Pulls: a manifest GET or HEAD answered 200 (`/v2/<name>/manifests/<tag or digest>`) is a
+pull of that reference (`pull`); pulls.py keeps them on the share, resuming each run where the
+last one stopped reading (`Position`, `RegistryLog.read_since`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +43,7 @@ _BLOB_URI = re.compile(rf"/v2/.+/blobs/({_DIGEST})(?:[?#]|$)")
 _MOUNT = re.compile(rf"[?&]mount=({_DIGEST})")
 _UPLOAD_DIGEST = re.compile(rf"/blobs/uploads/.*[?&]digest=({_DIGEST})")
 _ANY_DIGEST = re.compile(_DIGEST)
+_MANIFEST_URI = re.compile(r"/v2/(.+)/manifests/([^/?#]+)(?:[?#]|$)")
 # logrus text formatter: key=value or key="quoted value"
 _FIELD = re.compile(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S+)')
 # Bytes read per call; a line longer than this is still read whole (the remainder waits).
@@ -69,7 +77,35 @@ def _when(text: str, default: float) -> float:
 
 def touches(line: str, now: float) -> list[tuple[str, float]]:
     """(digest, when) for every blob a log line says a client touched."""
-    f = _fields(line)
+    return _touches(_fields(line), now)
+
+
+@dataclass(frozen=True)
+class Pull:
+    """A manifest a client was served: by tag or by digest, with GET or HEAD."""
+
+    repository: str
+    reference: str  # a tag, or "sha256:<hex>"
+    head: bool
+    when: float
+
+
+def pull(line: str, now: float) -> Pull | None:
+    """The pull a log line records, if it records one."""
+    return _pull(_fields(line), now)
+
+
+def _pull(f: dict[str, str], now: float) -> Pull | None:
+    method = f.get("http.request.method", "")
+    if f.get("http.response.status") != "200" or method not in ("GET", "HEAD"):
+        return None
+    m = _MANIFEST_URI.search(f.get("http.request.uri", ""))
+    if m is None:
+        return None
+    return Pull(m.group(1), m.group(2), method == "HEAD", _when(f.get("time", ""), now))
+
+
+def _touches(f: dict[str, str], now: float) -> list[tuple[str, float]]:
     uri = f.get("http.request.uri", "")
     if not uri and "err.detail" not in f:
         return []
@@ -91,10 +127,27 @@ def touches(line: str, now: float) -> list[tuple[str, float]]:
     return [(d, when) for d in found]
 
 
-class RegistryLog:
-    """Follows one log file from where the last read ended (thread-safe)."""
+# Bytes at the start of a log file that tell it from the file the same path held before a
+# rotation: its first lines, whose times and request ids no later file repeats.
+_HEAD = 512
 
-    def __init__(self, path: Path) -> None:
+
+@dataclass(frozen=True)
+class Position:
+    """How far a log file was read: the file (a hash of its first bytes: a copytruncate keeps
+    the inode, a copy changes it) and the offset of the first line not read."""
+
+    offset: int
+    head: str  # sha256 hex of the file's first `head_length` bytes
+    head_length: int
+
+
+class RegistryLog:
+    """Follows one log file from where the last read ended (thread-safe).
+
+    `pulls`: collect the manifest pulls of what is read into `self.pulls`."""
+
+    def __init__(self, path: Path, *, pulls: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -102,6 +155,9 @@ class RegistryLog:
         self._offset = 0
         self._partial = b""
         self.lines = 0
+        self._collect_pulls = pulls
+        self.pulls: list[Pull] = []
+        self.first_time: float | None = None  # of the first line read since the last reopen
 
     def close(self) -> None:
         with self._lock:
@@ -144,13 +200,59 @@ class RegistryLog:
                 log.warning("cannot read the registry's log %s: %s", self.path, exc)
                 return {}, False
 
+    def read_since(self, position: Position | None) -> bool:
+        """Reads (collecting pulls) everything written since `position`; True when that is
+        every line: the file is the one the position names (same inode and first bytes, at
+        least as long), or that file was rotated to `<path>.1` (logrotate's copytruncate
+        with delaycompress) and is read there to its end, then the new file from its start.
+        False (a gap) otherwise, or without a position: the current file is read from its
+        start, and `first_time` says from when on it holds every line. OSError when the log
+        cannot be read at all."""
+        with self._lock:
+            if position is not None:
+                for rotated in (False, True):
+                    path = self.path.with_name(self.path.name + ".1") if rotated else self.path
+                    try:
+                        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+                    except FileNotFoundError:
+                        continue
+                    if not _continues(fd, position):
+                        os.close(fd)
+                        continue
+                    self._use(fd, position.offset)
+                    self._read_to_end()
+                    if rotated:
+                        self._reopen()
+                        self._read_to_end()
+                    return True
+            self._reopen()
+            self._read_to_end()
+            return False
+
+    def position(self) -> Position | None:
+        """Where the last read stopped (before a line not yet complete); None for an empty
+        file, whose first bytes could not tell it from the next one."""
+        with self._lock:
+            if self._fd is None:
+                return None
+            head = os.pread(self._fd, _HEAD, 0)
+            if not head:
+                return None
+            return Position(
+                self._offset - len(self._partial),
+                hashlib.sha256(head).hexdigest(),
+                len(head),
+            )
+
     def _reopen(self) -> None:
+        self._use(os.open(self.path, os.O_RDONLY | _NOFOLLOW), 0)
+
+    def _use(self, fd: int, offset: int) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         st = os.fstat(fd)
-        self._fd, self._ino, self._offset, self._partial = fd, (st.st_dev, st.st_ino), 0, b""
+        self._fd, self._ino, self._offset, self._partial = fd, (st.st_dev, st.st_ino), offset, b""
+        self.first_time = None
 
     def _read_to_end(self) -> dict[str, float]:
         assert self._fd is not None
@@ -162,9 +264,37 @@ class RegistryLog:
                 return found
             self._offset += len(chunk)
             *complete, self._partial = (self._partial + chunk).split(b"\n")
-            for raw in complete:
-                self.lines += 1
-                if b"sha256:" not in raw:
-                    continue  # names no blob (most lines: pings, manifests by tag, PATCH)
-                for digest, when in touches(raw.decode("utf-8", "replace"), now):
+            for line in self._parsed(complete, now):
+                for digest, when in _touches(line, now):
                     found[digest] = max(when, found.get(digest, 0.0))
+
+    def _parsed(self, lines: list[bytes], now: float) -> Iterator[dict[str, str]]:
+        """The fields of each line that names a blob (most lines name none: pings, PATCH);
+        pulls, and the first line's time, collected on the way."""
+        for raw in lines:
+            self.lines += 1
+            if self.first_time is None and self._collect_pulls:
+                self.first_time = _when(
+                    _fields(raw.decode("utf-8", "replace")).get("time", ""), now
+                )
+            manifest = self._collect_pulls and b"/manifests/" in raw
+            if not manifest and b"sha256:" not in raw:
+                continue
+            f = _fields(raw.decode("utf-8", "replace"))
+            if manifest:
+                found = _pull(f, now)
+                if found is not None:
+                    self.pulls.append(found)
+            yield f
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _continues(fd: int, position: Position) -> bool:
+    """Whether the open file is the one `position` was read in, grown or not."""
+    st = os.fstat(fd)
+    if st.st_size < position.offset:
+        return False
+    head = os.pread(fd, position.head_length, 0)
+    return len(head) == position.head_length and hashlib.sha256(head).hexdigest() == position.head

@@ -19,7 +19,16 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
-from registry_janitor import executor, manifests, pending, plan, registry_gc, retention, store
+from registry_janitor import (
+    executor,
+    manifests,
+    pending,
+    plan,
+    pulls,
+    registry_gc,
+    retention,
+    store,
+)
 from registry_janitor.backends import open_storage
 from registry_janitor.config import Config
 from registry_janitor.gc import Collector, Mark
@@ -138,6 +147,7 @@ class Janitor:
         t0 = time.monotonic()
         survey = Survey(self.storage)
         repos = store.scan(survey, self.pool)
+        feed = self._read_pulls(repos, now, stats)
         t1 = time.monotonic()
         first_seen = plan.load_first_seen(self.storage) if cfg.gc_delete_untagged else {}
         plans = plan.plan_all(
@@ -150,7 +160,9 @@ class Janitor:
             revision_grace=cfg.revision_grace,
             first_seen=first_seen,
             pool=self.pool,
+            feed=feed,
         )
+        self._say_what_pulls_cannot_decide(plans, feed)
         t2 = time.monotonic()
         stats.repositories = len(repos)
         stats.tags_seen = sum(len(r.tags) for r in repos)
@@ -188,6 +200,59 @@ class Janitor:
             if r.complete and r.has_manifests
         }
         return roots, survey
+
+    def _read_pulls(
+        self, repos: Sequence[Repository], now: float, stats: SweepStats
+    ) -> pulls.Feed | None:
+        """The pull record brought up to date with the registry's log, and saved (not in a
+        dry run) before anything is decided on it. None when nothing asks for it."""
+        cfg = self.cfg
+        uses = cfg.policy.default.uses_pulls or any(r.uses_pulls for _, r in cfg.policy.rules)
+        if cfg.registry_log is None and not uses:
+            return None
+        reader = RegistryLog(cfg.registry_log, pulls=True) if cfg.registry_log else None
+        try:
+            feed = pulls.read_feed(self.storage, reader, now)
+        finally:
+            if reader is not None:
+                reader.close()
+        stats.pulls_read = pulls.counts_by_repository(feed.read)
+        stats.pulls_covered_since = feed.covered_since
+        if feed.gap:
+            log.info("pull record: %s", feed.gap)
+        if feed.current and not cfg.dry_run:
+            pulls.forget(feed.record, repos, now)
+            try:
+                pulls.save(self.storage, feed.record)
+            except OSError as exc:
+                # The next run reads the same lines again: nothing is lost but time.
+                log.warning("cannot save %s: %s", pulls.PULLS_FILE, exc)
+        return feed
+
+    def _say_what_pulls_cannot_decide(
+        self, plans: Sequence[RepoPlan], feed: pulls.Feed | None
+    ) -> None:
+        """Once per run: how many tags pull rules kept only because the record is short."""
+        unknown = [
+            f"{p.repository.name}:{d.tag.name}"
+            for p in plans
+            for d in p.decisions
+            if d.reason == retention.KEEP_PULL_UNKNOWN
+        ]
+        if not unknown:
+            return
+        since = feed.covered_since if feed is not None else None
+        why = feed.gap if feed is not None and feed.gap else "no pull record"
+        span = f"holds every pull only since {iso(since)}" if since else f"is not usable ({why})"
+        self.out.emit(
+            "pull_record_short",
+            f"kept {len(unknown)} tag(s) pull rules might keep: the pull record {span}, and"
+            " no tag is deleted on pull grounds for a time it does not cover",
+            level=logging.WARNING,
+            tags=len(unknown),
+            covered_since=iso(since) if since else None,
+            reason=why,
+        )
 
     def _save_first_seen(self, seen: plan.FirstSeen) -> None:
         try:

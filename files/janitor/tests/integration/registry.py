@@ -31,12 +31,19 @@ _BLOB_DATA = re.compile(r"sha256/[0-9a-f]{2}/[0-9a-f]{64}/data")
 
 
 def write_config(
-    path: Path, store: Store, port: int, *, blobdescriptor_cache: bool, log_level: str = "warn"
+    path: Path,
+    store: Store,
+    port: int,
+    *,
+    blobdescriptor_cache: bool,
+    log_level: str = "warn",
+    log_formatter: str = "text",
 ) -> None:
     cache = "  cache:\n    blobdescriptor: inmemory\n" if blobdescriptor_cache else ""
     path.write_text(
         "version: 0.1\n"
-        f"log:\n  level: {log_level}\n  accesslog:\n    disabled: true\n"
+        f"log:\n  level: {log_level}\n  formatter: {log_formatter}\n"
+        "  accesslog:\n    disabled: true\n"
         "storage:\n"
         f"{store.registry_storage_config()}"
         "  delete:\n    enabled: true\n"
@@ -58,6 +65,7 @@ class Registry:
         root: Path | None = None,
         store: Store | None = None,
         log_level: str = "warn",
+        log_formatter: str = "text",
     ) -> None:
         assert REGISTRY_BIN is not None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +83,7 @@ class Registry:
             self.port,
             blobdescriptor_cache=blobdescriptor_cache,
             log_level=log_level,
+            log_formatter=log_formatter,
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
