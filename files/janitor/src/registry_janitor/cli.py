@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         " check)",
     }
     for name in COMMANDS:
-        sub.add_parser(name, parents=[options], help=helps[name], description=helps[name])
+        cmd = sub.add_parser(name, parents=[options], help=helps[name], description=helps[name])
+        if name == "report":
+            cmd.add_argument(
+                "--html",
+                metavar="PATH",
+                help="write a static HTML page (usage, tag ages, the next sweep's deletions,"
+                " GC history, the store's fill) to PATH instead of the table",
+            )
     return parser
 
 
@@ -71,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = str(args.pop("command", None) or "sweep")
     as_json = bool(args.pop("json", False))
     verbose = bool(args.pop("verbose", False))
+    html = args.pop("html", None)
     try:
         cfg = config.load(args, command=command)
     except config.ConfigError as exc:
@@ -79,6 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from registry_janitor import app  # imported late: config errors need none of it
 
     try:
-        return app.run(command, cfg, as_json=as_json, verbose=verbose)
+        return app.run(command, cfg, as_json=as_json, verbose=verbose, html=html)
     except KeyboardInterrupt:  # only `report` lets Ctrl-C through; sweeps stop cleanly
         return 130

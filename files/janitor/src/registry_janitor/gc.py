@@ -325,6 +325,8 @@ class Collector:
         else:
             restored, proof = self._recheck(roots, held)
             if held and proof is None:
+                if stats.gc_ok:
+                    stats.gc_reason = "recheck_unreadable"
                 stats.gc_ok = False
                 stats.gc_message = "no blob deleted: the re-check could not read the store"
         for repo in held_layers:

@@ -25,6 +25,13 @@ METRICS: dict[str, tuple[str, str]] = {
     "sweep_duration_seconds": ("gauge", "Duration of the last sweep, GC included."),
     "gc_duration_seconds": ("gauge", "Duration of the last garbage collection (0 if not run)."),
     "phase_duration_seconds": ("gauge", "Duration of each phase of the last run."),
+    "gc_ok": (
+        "gauge",
+        (
+            "1 if the last garbage collection collected (or found nothing to), 0 if it failed"
+            " closed and deleted nothing; reason says which (records.GC_REASONS)."
+        ),
+    ),
     "repositories": ("gauge", "Repositories seen by the last sweep."),
     "tags": ("gauge", "Tags seen by the last sweep."),
     "tags_kept": ("gauge", "Tags kept by the last sweep."),
@@ -108,6 +115,7 @@ def render(
             (f'{{phase="{name}"}}', seconds) for name, seconds in sorted(stats.phases.items())
         ],
     }
+    samples["gc_ok"] = [_gc_outcome(stats, previous)]
     counters = {
         "tags_deleted_total": stats.tags_deleted,
         "manifests_unlinked_total": stats.manifests_unlinked,
@@ -142,6 +150,18 @@ def render(
         for labels, sample in samples[name]:
             lines.append(f"{P}{name}{labels} {_fmt(sample)}")
     return "\n".join(lines) + "\n"
+
+
+def _gc_outcome(stats: SweepStats, previous: dict[str, float]) -> tuple[str, float]:
+    """The last GC's outcome: this run's, or, when this run collected nothing (a `prune`
+    before the registry engine's `gc`, RUN_GC false), the previous file's, so the series
+    says what the last garbage collection did instead of flapping to "not_run"."""
+    if stats.gc_ran:
+        return f'{{reason="{stats.gc_reason}"}}', 1.0 if stats.gc_ok else 0.0
+    for key, value in previous.items():
+        if key.startswith(P + "gc_ok{"):
+            return key[len(P + "gc_ok") :], value
+    return '{reason="not_run"}', 1.0
 
 
 def _pulls(stats: SweepStats, previous: dict[str, float]) -> list[tuple[str, float]]:

@@ -38,6 +38,22 @@ class Repository:
         return not self.errors
 
 
+# What the last garbage collection came to (the `reason` label of registry_janitor_gc_ok),
+# a fixed set so an alert can route on it: "collected" (ran; deleted what was garbage, maybe
+# nothing), "not_run", and the ways it fails closed, deleting nothing: "store_unreadable" (the
+# mark could not read the whole store), "recheck_unreadable" (the re-check of held blobs
+# could not), "garbage_collect_failed" (the registry's garbage-collect exited non-zero or
+# could not start), "error" (an unexpected exception during GC).
+GC_REASONS = (
+    "collected",
+    "not_run",
+    "store_unreadable",
+    "recheck_unreadable",
+    "garbage_collect_failed",
+    "error",
+)
+
+
 @dataclass
 class SweepStats:
     """What one run did; filled as it goes, so a run that fails still reports its part."""
@@ -57,6 +73,7 @@ class SweepStats:
     gc_engine: str = "janitor"
     gc_ok: bool = True
     gc_message: str = ""
+    gc_reason: str = "not_run"  # one of GC_REASONS
     gc_duration: float = 0.0
     blobs_marked: int = 0
     blobs_deleted: int = 0

@@ -469,6 +469,11 @@ class Janitor:
         )
         try:
             self._mark_and_collect(collector, roots, survey, stats, t0)
+        except Exception as exc:
+            # Said in the metrics too: an alert on gc_ok must see a GC that crashed.
+            stats.gc_ran, stats.gc_ok, stats.gc_reason = True, False, "error"
+            stats.gc_message = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             if collector.registry_log is not None:
                 collector.registry_log.close()
@@ -492,6 +497,7 @@ class Janitor:
             for problem in mark.problems:
                 self.out.emit("gc_refused", f"gc: {problem}", level=logging.ERROR)
             stats.gc_ok = False
+            stats.gc_reason = "store_unreadable"
             stats.gc_message = (
                 f"no blob deleted: {len(mark.problems)} part(s) of the store could not be read"
                 " or understood (above), and the janitor deletes only what a complete read"
@@ -510,6 +516,7 @@ class Janitor:
             pending.clear(self.storage)
         stats.gc_duration = time.monotonic() - t0
         if stats.gc_ok:
+            stats.gc_reason = "collected"
             self.out.emit(
                 "gc_done",
                 f"gc done in {stats.gc_duration:.1f} s: {stats.blobs_deleted} blobs deleted",
@@ -545,6 +552,7 @@ class Janitor:
             pending.clear(self.storage)
         stats.gc_ran = True
         stats.gc_ok = result.ok
+        stats.gc_reason = "collected" if result.ok else "garbage_collect_failed"
         stats.gc_message = result.message
         stats.gc_duration = result.duration
         stats.blobs_deleted = len(result.deleted)

@@ -93,6 +93,7 @@ def test_without_faults_the_garbage_goes_and_the_images_stay(s: Store) -> None:
     stats, _ = sweep(s)
     assert stats.ok and stats.blobs_deleted == len(garbage) == 4
     assert not garbage & blob_files(s) and held(s) == []
+    assert stats.gc_reason == "collected"
 
 
 @pytest.mark.parametrize(
@@ -107,6 +108,7 @@ def test_an_unlistable_namespace_stops_gc_and_names_it(s: Store, error: OSError)
     stats, events = sweep(s, Faulty(s.storage, {("list", path): error}))
     assert blob_files(s) == everything  # before: library/app's blobs deleted, exit 0
     assert not stats.gc_ok and not stats.ok and stats.blobs_deleted == 0
+    assert stats.gc_reason == "store_unreadable"  # registry_janitor_gc_ok's reason label
     [refused] = messages(events, "gc_refused")
     assert path in refused and error.strerror in refused
 
@@ -198,6 +200,7 @@ def test_a_recheck_that_cannot_read_puts_every_blob_back(s: Store) -> None:
     stats, events = sweep(s, Faulty(s.storage, before=lost))
     assert blob_files(s) == everything and held(s) == []
     assert not stats.gc_ok and stats.blobs_deleted == 0 and messages(events, "gc_recheck_failed")
+    assert stats.gc_reason == "recheck_unreadable"
 
 
 def test_a_blob_that_cannot_be_put_back_at_once_is_retried(s: Store) -> None:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from registry_janitor import manifests, metrics, registry_gc, report, store
+from registry_janitor import html_report, manifests, metrics, registry_gc, report, store
 from registry_janitor.records import SweepStats
 from registry_janitor.survey import Survey
 from synthetic import Store
@@ -72,6 +72,26 @@ def test_metrics_counters_carry_over_and_gauges_do_not(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["janitor.prom"]
 
 
+def test_gc_outcome_is_kept_by_runs_that_do_not_collect(tmp_path: Path) -> None:
+    """The registry engine's `prune` and `gc` are separate runs: a prune must not hide the
+    last GC's failure (the alert on registry_janitor_gc_ok would clear and fire in turn)."""
+    path = tmp_path / "janitor.prom"
+    metrics.write(path, SweepStats(), now=1.0)
+    assert metrics.read_previous(path)['registry_janitor_gc_ok{reason="not_run"}'] == 1
+    failed = SweepStats(gc_ran=True, gc_ok=False, gc_reason="garbage_collect_failed")
+    metrics.write(path, failed, now=2.0, command="gc")
+    metrics.write(path, SweepStats(command="prune"), now=3.0, command="prune")
+    values = metrics.read_previous(path)
+    assert values['registry_janitor_gc_ok{reason="garbage_collect_failed"}'] == 0
+    assert [k for k in values if "gc_ok" in k] == [
+        'registry_janitor_gc_ok{reason="garbage_collect_failed"}'
+    ]
+    metrics.write(path, SweepStats(gc_ran=True, gc_reason="collected"), now=4.0, command="gc")
+    assert [k for k in metrics.read_previous(path) if "gc_ok" in k] == [
+        'registry_janitor_gc_ok{reason="collected"}'
+    ]
+
+
 def test_usage_splits_unique_and_shared_bytes(tmp_path: Path) -> None:
     s = Store(tmp_path / "data")
     now = time.time()
@@ -88,3 +108,22 @@ def test_usage_splits_unique_and_shared_bytes(tmp_path: Path) -> None:
     # layer of "only-one" is shared too.
     assert two.unique_bytes == 0 and two.shared_bytes > 0
     assert one.unique_bytes > 0 and one.shared_bytes == two.shared_bytes
+
+
+def test_the_html_report_escapes_every_name_from_the_store() -> None:
+    """A registry restricts names, but a store on a share can hold any directory name: the
+    page must show it as text, never as markup."""
+    evil = '<img src=x onerror="alert(1)">&'
+    page = html_report.Page(
+        store=f"/srv/{evil}",
+        generated=0.0,
+        usage=[report.RepoUsage(evil, 1, 1, 1.0, 1.0, 10, 0)],
+        tag_ages=[(evil, evil, 5.0)],
+        deletions=[html_report.Deletion(evil, evil, "tag", evil)],
+        history=[{"time": 1.0, "gc_ran": True, "gc_reason": evil, "bytes_reclaimed": 3}],
+        fill=(100, 40),
+        gaps=[evil],
+    )
+    text = html_report.render(page)
+    assert "<img" not in text and 'onerror="' not in text
+    assert text.count("&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;") >= 9
