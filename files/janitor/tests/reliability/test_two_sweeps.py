@@ -38,15 +38,26 @@ def trials(backend: str) -> range:
 
 
 def start(
-    reg: Registry, out: Path, command: str, *args: str, run_once: bool = True
+    reg: Registry,
+    out: Path,
+    command: str,
+    *args: str,
+    run_once: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     with out.with_suffix(".out").open("wb") as stdout, out.with_suffix(".err").open("wb") as err:
         return subprocess.Popen(
             crashstore.janitor_command(reg, command, "--json", *args, run_once=run_once),
             stdout=stdout,
             stderr=err,
-            env=crashstore.janitor_env(reg),
+            env=crashstore.janitor_env(reg) | (env or {}),
         )
+
+
+# The first sweep holds the lock for at least this long (it settles with blobs held), so
+# the second, started within 0.05 s, finds it held unless the machine starves it that long:
+# without it, on a loaded machine, a whole sweep could end before the second one started.
+CONTEST = {"GC_SETTLE": "1"}
 
 
 def events(out: Path) -> list[dict[str, object]]:
@@ -83,9 +94,9 @@ def test_two_sweeps_started_together(
     stagger = random.Random(SEED + trial).uniform(0, 0.05)
     print(f"trial {trial} seed {SEED + trial}: second sweep {stagger:.3f} s after the first")
     reg = template.copy_to(tmp_path / "registry")
-    first = start(reg, tmp_path / "first", "sweep", *template.sweep_args)
+    first = start(reg, tmp_path / "first", "sweep", *template.sweep_args, env=CONTEST)
     time.sleep(stagger)
-    second = start(reg, tmp_path / "second", "sweep", *template.sweep_args)
+    second = start(reg, tmp_path / "second", "sweep", *template.sweep_args, env=CONTEST)
     outs = {tmp_path / "first": first.wait(60), tmp_path / "second": second.wait(60)}
     refused, total = check_exclusive(reg, outs)
     OVERLAPS[(template.backend, trial)] = refused == 1
