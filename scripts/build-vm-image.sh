@@ -28,12 +28,12 @@ cifs-utils,keyutils,ca-certificates,iptables,kmod,procps,less"
 # debootstrap): what the roles install, as in scripts/build-test-images.sh (host: base
 # packages, unattended upgrades, time sync, nftables, python3-apt; docker: docker.io,
 # docker-compose and the Python libraries of the community.docker modules; storagebox:
-# cifs-utils; registry: python3-bcrypt), plus the tests' tools in the guest (skopeo, tc for
-# netem delays). The guest has no route to a Debian mirror, so a package the roles gain and
-# this list lacks fails the scenario's converge: add it here.
+# cifs-utils; registry: python3-bcrypt, logrotate for its log), plus the tests' tools in the
+# guest (skopeo, tc for netem delays). The guest has no route to a Debian mirror, so a
+# package the roles gain and this list lacks fails the scenario's converge: add it here.
 packages="ca-certificates curl gnupg jq less unattended-upgrades apt-listchanges
 systemd-timesyncd nftables python3-apt docker.io docker-compose python3-requests python3-yaml
-cifs-utils python3-bcrypt skopeo iproute2"
+cifs-utils python3-bcrypt logrotate skopeo iproute2"
 
 if [ "$force" != 1 ] && [ -f "$out/done" ]; then
     ln -sfn "$hash" "$top/.cache/vm/current"
