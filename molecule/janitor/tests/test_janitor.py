@@ -687,8 +687,13 @@ def test_7a_metrics_file_parses_and_counts_the_sweeps(host, counted_sweeps):
     assert gained["tags_deleted"] >= seen["tags_deleted"]
     assert gained["bytes_reclaimed"] >= seen["bytes_reclaimed"]
     assert samples[("registry_janitor_repositories", "")] == len(catalog(host))
-    # Written atomically: no temporary file left next to it.
-    assert sh(host, f"ls -A {Path(METRICS).parent}").split() == [Path(METRICS).name]
+    # Written atomically: no temporary file left beside it, only the sweeps' history and the
+    # HTML report each sweep also writes there.
+    assert sorted(sh(host, f"ls -A {Path(METRICS).parent}").split()) == [
+        Path(METRICS).name,
+        "registry_janitor_history.jsonl",
+        "registry_janitor_report.html",
+    ]
 
 
 def test_7b_journal_has_the_sweep_summary(host, counted_sweeps):
