@@ -425,8 +425,12 @@ class Collector:
 
     def _put_back_touched(self) -> None:
         """A held blob a client asks for (HEAD, GET, mount, or a manifest refused naming it)
-        goes back at once: its push is in flight."""
-        back = self._touched_since() & self._held_now()
+        goes back at once: its push is in flight. Nothing held, nothing to read: a mark with
+        no candidate never opened the log, which is no gap."""
+        held = self._held_now()
+        if not held:
+            return
+        back = self._touched_since() & held
         if back:
             self._restore(back)
             self._touched_back |= back

@@ -230,6 +230,28 @@ def test_head_then_put_with_the_registry_log_is_never_refused(
         reg.stop()
 
 
+def test_nothing_to_collect_reads_the_log_without_a_gap(
+    template: Template, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A sweep whose mark finds no candidate never opens the log for the barrier; the
+    settle phase must not take that for a log it cannot follow (a fresh host warned of a
+    gap at its first sweep)."""
+    original, _, _ = template
+    reg = Registry(tmp_path / "registry", store=copy_of(original.store, request), log_level="info")
+    original.store.copy_into(reg.store)
+    reg.start()
+    try:
+        result = janitor.run(
+            reg, "--json", "--keep-last-n", "10", "--registry-log", str(reg.log),
+            env={"GC_SETTLE": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        names = [e["event"] for e in janitor.events(result)]
+        assert "summary" in names and "registry_log_gap" not in names, result.stdout
+    finally:
+        reg.stop()
+
+
 def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while not path.exists():
