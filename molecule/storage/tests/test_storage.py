@@ -12,6 +12,7 @@ The time from "source back" to "registry answers" is measured in every trial.
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -194,6 +195,70 @@ def test_retry_timer_leaves_a_registry_stopped_by_hand_alone(host):
     finally:
         host.run_expect([0], "systemctl start registry-cache.service")
     assert host.run(f"curl -fsS -o /dev/null --max-time 5 {V2}").rc == 0
+
+
+# From here on, the host is converged as it stands (the trials above left it as they found
+# it): other ways of running the bundle must find nothing to change.
+ROLE_TAGS = ("firewall", "storagebox", "registry", "janitor")
+
+
+def outside_the_checkout(tmp_path: Path, *playbook_args: str, env: dict[str, str] | None = None):
+    """ansible-playbook as a user with the inventory in a repository of their own runs it: a
+    copy of this scenario's inventory in a directory outside the checkout, run from there,
+    with none of the Ansible or Molecule settings of this run (no ansible.cfg of the
+    bundle's, no roles or collections path)."""
+    inventory = tmp_path / "ops" / "cache"
+    shutil.copytree(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent, inventory)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+    command = [controller_tool("ansible-playbook"), "-i", str(inventory),
+               "--limit", "registry-cache-storage", *playbook_args]  # fmt: skip
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**clean, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result
+
+
+def test_site_yml_with_an_inventory_outside_the_checkout_changes_nothing(tmp_path):
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    assert changed(outside_the_checkout(tmp_path, str(project / "site.yml"))) == 0
+
+
+def test_the_installed_collection_converges_the_host_with_no_change(tmp_path):
+    """The bundle built and installed as an Ansible collection (galaxy.yml), its site
+    playbook run by FQCN: the same roles, filters and image build context as the checkout's,
+    so the converged host has nothing to change (a file missing from the build would
+    change the image's content hash and rebuild it)."""
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    galaxy = controller_tool("ansible-galaxy")
+    built = tmp_path / "built"
+    subprocess.run([galaxy, "collection", "build", "--output-path", str(built), project],
+                   check=True, capture_output=True, text=True, timeout=300)  # fmt: skip
+    [tarball] = built.glob("registry_cache-bundle-*.tar.gz")
+    installed = tmp_path / "collections"
+    subprocess.run([galaxy, "collection", "install", "--no-deps", "-p", str(installed), str(tarball)],
+                   check=True, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = outside_the_checkout(
+        tmp_path, "registry_cache.bundle.site", env={"ANSIBLE_COLLECTIONS_PATH": str(installed)}
+    )
+    assert "TASK [registry_cache.bundle.registry : " in result.stdout  # the collection's roles ran
+    assert changed(result) == 0
+
+
+@pytest.mark.parametrize("tag", ROLE_TAGS)
+def test_a_rerun_of_one_concern_by_tag_changes_nothing(tmp_path, tag):
+    """`--tags firewall` (or storagebox, registry, janitor) for a quick drift rerun: the
+    preflight runs with every tag, the tagged role's tasks run, nothing changes."""
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    result = outside_the_checkout(tmp_path, str(project / "site.yml"), "--tags", tag)
+    assert changed(result) == 0
+    assert "Check every role's variables" in result.stdout
 
 
 # The uninstall tests come last in this file: they take the cache off the host (pytest-xdist
