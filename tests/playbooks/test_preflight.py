@@ -83,7 +83,7 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     # The setting's old name: refused with the new one, not ignored (the port would move).
     "renamed-bind-address": (
         {"registry_bind_address": "10.0.0.5"},
-        ("registry_bind_addresses", '["10.0.0.5"]'),
+        ("registry_bind_addresses", "10.0.0.5", "remove the setting"),
     ),
     "bind-address-not-an-address": (
         {"registry_bind_addresses": ["0.0.0.0", "10.0.0.0/8"]},
