@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGE = "registry-cache/test-host:trixie"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 PREFLIGHT_PLAY = "Check every role's variables before anything changes"
-# The playbook under test. To see the test fail, point it at a copy of site.yml without
-# the preflight import (it must live in the repository root, next to roles/).
+# The playbook under test. To see the test fail, point it at a copy of playbooks/site.yml
+# without the preflight import (it must live in playbooks/, beside roles/ and collections/).
 SITE = os.environ.get("PREFLIGHT_TEST_SITE", "site.yml")
 # Valid values every case starts from; nothing but the credentials file may show it.
 PASSWORD = "preflight-Vb72qL-not-a-real-password"
