@@ -4,7 +4,9 @@
 Fails (exit 1) when galaxy.yml's version differs from the janitor's (the one version of a
 release), when the built tarball lacks what a cache host needs from it (the site playbook,
 every role of it with its argument spec, the filters, the Dockerfile and the janitor's source
-the registry role builds into the image), or when it carries the checkout's tests and caches.
+the registry role builds into the image), or when it carries the checkout's tests and caches;
+and when the checkout's own way to the filters, collections/…/plugins, is not the link to
+plugins/ (a tool that installs the checkout as a collection there replaces it).
   scripts/check-collection.py [OUTPUT_DIR]     (make lint; default .cache/collection)
 """
 
@@ -50,6 +52,11 @@ def main() -> int:
             f"galaxy.yml's version {galaxy['version']} is not the janitor's"
             f" ({janitor.group(1) if janitor else 'not found'}): set both to the release's"
         )
+    link = (
+        TOP / "collections/ansible_collections" / galaxy["namespace"] / galaxy["name"] / "plugins"
+    )
+    if not link.is_symlink() or link.resolve() != (TOP / "plugins").resolve():
+        problems.append(f"{link.relative_to(TOP)} must be a link to plugins/: git checkout it")
     tool = Path(sys.executable).with_name("ansible-galaxy")
     subprocess.run(
         [str(tool), "collection", "build", "--force", "--output-path", str(out), str(TOP)],

@@ -198,8 +198,16 @@ def test_retry_timer_leaves_a_registry_stopped_by_hand_alone(host):
 
 
 # From here on, the host is converged as it stands (the trials above left it as they found
-# it): other ways of running the bundle must find nothing to change.
+# it): other ways of running the bundle must find nothing to change. These tests take the
+# `host` fixture so that pytest keeps them in file order, before the uninstall tests.
 ROLE_TAGS = ("firewall", "storagebox", "registry", "janitor")
+
+
+def without_our_settings() -> dict[str, str]:
+    """This environment without Molecule's Ansible settings (its collections path holds
+    the checkout's plugins) and without color."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+    return {**clean, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 
 def outside_the_checkout(tmp_path: Path, *playbook_args: str, env: dict[str, str] | None = None):
@@ -209,13 +217,12 @@ def outside_the_checkout(tmp_path: Path, *playbook_args: str, env: dict[str, str
     bundle's, no roles or collections path)."""
     inventory = tmp_path / "ops" / "cache"
     shutil.copytree(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent, inventory)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
     command = [controller_tool("ansible-playbook"), "-i", str(inventory),
                "--limit", "registry-cache-storage", *playbook_args]  # fmt: skip
     result = subprocess.run(
         command,
         cwd=tmp_path,
-        env={**clean, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", **(env or {})},
+        env={**without_our_settings(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=1800,
@@ -225,12 +232,12 @@ def outside_the_checkout(tmp_path: Path, *playbook_args: str, env: dict[str, str
     return result
 
 
-def test_site_yml_with_an_inventory_outside_the_checkout_changes_nothing(tmp_path):
+def test_site_yml_with_an_inventory_outside_the_checkout_changes_nothing(host, tmp_path):
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
     assert changed(outside_the_checkout(tmp_path, str(project / "site.yml"))) == 0
 
 
-def test_the_installed_collection_converges_the_host_with_no_change(tmp_path):
+def test_the_installed_collection_converges_the_host_with_no_change(host, tmp_path):
     """The bundle built and installed as an Ansible collection (galaxy.yml), its site
     playbook run by FQCN: the same roles, filters and image build context as the checkout's,
     so the converged host has nothing to change (a file missing from the build would
@@ -239,11 +246,13 @@ def test_the_installed_collection_converges_the_host_with_no_change(tmp_path):
     galaxy = controller_tool("ansible-galaxy")
     built = tmp_path / "built"
     subprocess.run([galaxy, "collection", "build", "--output-path", str(built), project],
-                   check=True, capture_output=True, text=True, timeout=300)  # fmt: skip
+                   env=without_our_settings(), check=True, capture_output=True, text=True,
+                   timeout=300)  # fmt: skip
     [tarball] = built.glob("registry_cache-bundle-*.tar.gz")
     installed = tmp_path / "collections"
-    subprocess.run([galaxy, "collection", "install", "--no-deps", "-p", str(installed), str(tarball)],
-                   check=True, capture_output=True, text=True, timeout=300)  # fmt: skip
+    subprocess.run([galaxy, "collection", "install", "--no-deps", "--force", "-p", str(installed),
+                    str(tarball)], env=without_our_settings(), check=True, capture_output=True,
+                   text=True, timeout=300)  # fmt: skip
     result = outside_the_checkout(
         tmp_path, "registry_cache.bundle.site", env={"ANSIBLE_COLLECTIONS_PATH": str(installed)}
     )
@@ -252,7 +261,7 @@ def test_the_installed_collection_converges_the_host_with_no_change(tmp_path):
 
 
 @pytest.mark.parametrize("tag", ROLE_TAGS)
-def test_a_rerun_of_one_concern_by_tag_changes_nothing(tmp_path, tag):
+def test_a_rerun_of_one_concern_by_tag_changes_nothing(host, tmp_path, tag):
     """`--tags firewall` (or storagebox, registry, janitor) for a quick drift rerun: the
     preflight runs with every tag, the tagged role's tasks run, nothing changes."""
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
