@@ -37,7 +37,7 @@ NEEDED = [
     *(f"roles/{role}/meta/argument_specs.yml" for role in ROLES),
 ]
 # Top-level folders of the checkout that are development only, and folders anywhere below.
-NOT_WANTED = re.compile(r"^(molecule|tests|bench|tools|scripts|\.cache|\.venv|\.git|collections)/"
+NOT_WANTED = re.compile(r"^(molecule|tests|bench|tools|scripts|\.[a-z_]*cache|\.venv|\.git|collections)/"
                         r"|/(tests|__pycache__)/")  # fmt: skip
 
 
