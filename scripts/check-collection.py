@@ -29,6 +29,8 @@ NEEDED = [
     "playbooks/uninstall.yml",
     "plugins/filter/host_cidr.py",
     "plugins/filter/registry_mirrors.py",
+    "plugins/modules/registry_htpasswd.py",
+    "plugins/modules/registry_build_context.py",
     "meta/runtime.yml",
     "Dockerfile",
     "files/janitor/pyproject.toml",
