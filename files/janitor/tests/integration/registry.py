@@ -38,8 +38,17 @@ def write_config(
     blobdescriptor_cache: bool,
     log_level: str = "warn",
     log_formatter: str = "text",
+    notify: tuple[str, str] | None = None,
 ) -> None:
     cache = "  cache:\n    blobdescriptor: inmemory\n" if blobdescriptor_cache else ""
+    notifications = (
+        ""
+        if notify is None
+        else "notifications:\n  endpoints:\n    - name: janitor\n"
+        f"      url: {notify[0]}\n"
+        f"      headers:\n        Authorization: [Bearer {notify[1]}]\n"
+        "      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+    )
     path.write_text(
         "version: 0.1\n"
         f"log:\n  level: {log_level}\n  formatter: {log_formatter}\n"
@@ -49,13 +58,14 @@ def write_config(
         "  delete:\n    enabled: true\n"
         f"{cache}"
         f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"{notifications}"
     )
 
 
 class Registry:
     """`root` puts a filesystem store elsewhere (an SMB share), `store` names any store (a
     bucket); config and log stay in `workdir`. `root` is the janitor's data directory: for
-    a bucket an empty local directory."""
+    a bucket an empty local directory. `notify`: (url, token) of a notifications endpoint."""
 
     def __init__(
         self,
@@ -66,6 +76,7 @@ class Registry:
         store: Store | None = None,
         log_level: str = "warn",
         log_formatter: str = "text",
+        notify: tuple[str, str] | None = None,
     ) -> None:
         assert REGISTRY_BIN is not None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +95,7 @@ class Registry:
             blobdescriptor_cache=blobdescriptor_cache,
             log_level=log_level,
             log_formatter=log_formatter,
+            notify=notify,
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
