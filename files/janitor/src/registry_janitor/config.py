@@ -90,14 +90,15 @@ SETTINGS: dict[str, Setting] = {
             "KEEP_PULLED_WITHIN",
             "--keep-pulled-within",
             "0",
-            "also keep tags pushed or pulled within this long (0: off; needs the registry's log)",
+            "also keep tags pushed or pulled within this long (0: off; needs the registry's log"
+            " or the notification journal)",
         ),
         Setting(
             "KEEP_LAST_PULLED",
             "--keep-last-pulled",
             "0",
             "also keep this many tags per repository, most recently pushed or pulled first"
-            " (0: off; needs the registry's log)",
+            " (0: off; needs the registry's log or the notification journal)",
         ),
         Setting(
             "COUNT_HEAD_AS_PULL",

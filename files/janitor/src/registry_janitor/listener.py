@@ -35,6 +35,7 @@ MAX_BODY = 16 << 20
 
 class Listener(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # several registry hosts, each retrying
 
     def __init__(self, settings: Listen) -> None:
         self.settings = settings
