@@ -64,6 +64,13 @@ def append(path: Path, events: list[dict[str, Any]], received: float) -> None:
             os.close(fd)
 
 
+def start(path: Path) -> None:
+    """Creates the journal (its header line) if there is none: an empty journal says that
+    nothing arrived since the listener started, a missing one that nothing can be known."""
+    with _locked(path):
+        os.close(_open(path))
+
+
 def rotate(path: Path, position: Position | None, min_bytes: int = ROTATE_BYTES) -> bool:
     """Renames the journal to `<journal>.1` and starts a new one, when `position` (saved in
     the pull record) is its end and it holds at least `min_bytes`. True when it did."""

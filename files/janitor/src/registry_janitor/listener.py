@@ -110,6 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(settings: Listen, stop: threading.Event) -> None:
     """Answers notifications until `stop` is set."""
+    journal.start(settings.journal)
     server = Listener(settings)
     log.info(
         "listening for the registry's notifications on http://%s:%d%s, journal %s",

@@ -242,3 +242,20 @@ def test_a_journal_newly_configured_beside_the_log_starts_its_own_coverage(
     assert feed.covered_since == T0 + 200  # clamped to now: the journal started later
     assert set(feed.record.pulls["ci/app"]) == {"v1", "v2"}
     assert pulls.counts_by_repository(feed.read) == {"ci/app": {"GET": 1}}  # one source
+
+
+def test_a_listener_that_received_nothing_yet_is_a_journal_that_covers_its_time(
+    s: Store, path: Path
+) -> None:
+    """listen starts the journal: no events since then is an answer (the janitor can keep its
+    record going), where no journal at all is none."""
+    journal.start(path)
+    first = read(s, path, time.time() + 60)
+    assert first.current and first.covered_since == started(path) + SLACK
+    head = path.read_bytes()
+    journal.start(path)  # a restarted listener keeps the file
+    assert path.read_bytes() == head
+    when = time.time()
+    deliver(path, event(tag="v1", when=when))
+    after = read(s, path, when + 120)  # the registry's first event: nothing before it known
+    assert after.current and after.covered_since == pytest.approx(when + SLACK, abs=1e-3)
