@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import janitor
-import oci
 import pytest
-from registry import Registry, pull, push
+from registry import Registry, pull
 from registry_janitor.pulls import PULLS_FILE
 from servers import free_port
-from test_pull_retention import deleted, head_manifest
+from test_pull_retention import deleted, head_manifest, push_old_tags
 
 DAY = 86400
 TOKEN = "integration-token-0123456789"
@@ -112,11 +111,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         reg = Registry(tmp_path / "registry", notify=(f"http://127.0.0.1:{port}/events", TOKEN))
         reg.start()
         try:
-            layout = oci.Layout(tmp_path / "layout")
-            for i in range(3):
-                layout.tag(f"b{i}", layout.image([layout.layer({f"{i}": b"x"})], label=str(i)))
-                push(layout.path, f"b{i}", reg, f"app:b{i}")
-                reg.set_push_time(f"app:b{i}", time.time() - 5 * DAY + i)
+            push_old_tags(reg, tmp_path / "layout", 3)
             s = Setup(reg, journal, tmp_path)
             s.wait_for(lambda e: e["action"] == "push" and e["target"].get("tag") == "b2", "push")
             s.prune("--keep-last-n", "100")
