@@ -261,6 +261,7 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool, html: str | 
                         registry_log=cfg.registry_log,
                         policy=cfg.policy,
                         journal=cfg.notifications_journal,
+                        pending_urls=cfg.notifications_pending_urls,
                     )
             finally:
                 storage.close()

@@ -150,6 +150,14 @@ SETTINGS: dict[str, Setting] = {
             " from it (with or without the registry's log)",
         ),
         Setting(
+            "JANITOR_NOTIFICATIONS_PENDING_URLS",
+            "--notifications-pending-urls",
+            "",
+            "comma-separated /debug/vars URLs of every registry that notifies the listener:"
+            " the journal counts as complete only when none has a notification for the"
+            " endpoint named registry-janitor still queued",
+        ),
+        Setting(
             "JANITOR_LISTEN_ADDRESS",
             "--listen-address",
             "127.0.0.1:5080",
@@ -338,6 +346,7 @@ class Config:
     s3: S3Settings | None = None  # set: the store is in a bucket, not under data_dir
     registry_log: Path | None = None  # the registry's log file (registry_log.py)
     notifications_journal: Path | None = None  # journal.py
+    notifications_pending_urls: tuple[str, ...] = ()  # notifications.undelivered
     listen: Listen | None = None  # set for the `listen` command
 
     @property
@@ -421,6 +430,14 @@ def load(
         raise ConfigError(
             name("notifications_journal"), f'directory does not exist: "{journal.parent}"'
         )
+    pending_urls = tuple(
+        u.strip() for u in raw["notifications_pending_urls"].split(",") if u.strip()
+    )
+    for url in pending_urls:
+        if not re.fullmatch(r"https?://[^\s/]+/\S*", url):
+            raise ConfigError(
+                name("notifications_pending_urls"), f'must be http(s) URLs, got "{url}"'
+            )
     listen = _listen(raw, name, journal) if command == "listen" else None
     if s3 is None and listen is None and not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
@@ -502,6 +519,7 @@ def load(
         registry_config=registry_config,
         registry_log=registry_log,
         notifications_journal=journal,
+        notifications_pending_urls=pending_urls,
         listen=listen,
         registry_bin=raw["registry_bin"],
         run_gc=b["run_gc"],

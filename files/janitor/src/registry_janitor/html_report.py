@@ -155,7 +155,9 @@ def _pull_feed(cfg: Config, storage: Storage, now: float) -> pulls.Feed | None:
         return None
     reader = RegistryLog(cfg.registry_log, pulls=True) if cfg.registry_log else None
     try:
-        return pulls.read_feed(storage, reader, now, cfg.notifications_journal)
+        return pulls.read_feed(
+            storage, reader, now, cfg.notifications_journal, cfg.notifications_pending_urls
+        )
     finally:
         if reader is not None:
             reader.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,11 @@ MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 ACTIONS = ("pull", "push", "mount", "delete")
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _TARGET_URL = re.compile(r"/v2/(.+)/(manifests|blobs)/([^/?#]+)(?:[?#]|$)")
+
+
+# The name the registry's config gives the listener's endpoint: its queue is the one
+# `undelivered` reads.
+ENDPOINT_NAME = "registry-janitor"
 
 
 class BadEnvelope(ValueError):
@@ -125,3 +131,19 @@ def _text(doc: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadEnvelope(f"{key} is missing or not a non-empty string")
     return value
+
+
+def undelivered(debug_vars_url: str, timeout: float = 10.0) -> int:
+    """How many notifications the registry at `debug_vars_url` (its debug server's
+    `/debug/vars`) holds for the endpoint named ENDPOINT_NAME, queued or being retried: 0
+    means every event created before this call was acknowledged, so it is in the journal.
+    OSError or ValueError when that cannot be told."""
+    with urllib.request.urlopen(debug_vars_url, timeout=timeout) as r:
+        doc = json.load(r)
+    endpoints = doc.get("registry", {}).get("notifications", {}).get("endpoints") or []
+    for endpoint in endpoints:
+        if isinstance(endpoint, dict) and endpoint.get("name") == ENDPOINT_NAME:
+            pending = endpoint.get("Metrics", {}).get("Pending")
+            if isinstance(pending, int):
+                return pending
+    raise ValueError(f"no notifications endpoint named {ENDPOINT_NAME} with a Pending count")

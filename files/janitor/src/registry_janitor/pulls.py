@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry_janitor import manifests, retention
+from registry_janitor import manifests, notifications, retention
 from registry_janitor.journal import JournalReader
 from registry_janitor.records import Repository
 from registry_janitor.registry_log import Position, Pull, RegistryLog
@@ -141,9 +141,11 @@ def read_feed(
     registry_log: RegistryLog | None,
     now: float,
     journal_path: Path | None = None,
+    pending_urls: Sequence[str] = (),
 ) -> Feed:
     """The record brought up to date with the log and the notification journal at
-    `journal_path` (not saved: `save`)."""
+    `journal_path` (not saved: `save`). `pending_urls`: each registry's `/debug/vars`; a
+    notification any of them has not delivered yet makes this run not current."""
     record, problem = load(storage)
     if problem and not problem.startswith("no pull record"):
         # A record that cannot be read is not overwritten on a guess: this run keeps what a
@@ -156,6 +158,11 @@ def read_feed(
             gap="no registry log (JANITOR_REGISTRY_LOG) or notification journal"
             " (JANITOR_NOTIFICATIONS_JOURNAL) configured",
         )
+    if journal_path is not None:
+        held = _undelivered(pending_urls)
+        if held:
+            # Read next run: pulls still queued in a registry would be missing.
+            return Feed(record, current=False, gap=held)
     journal = JournalReader(journal_path, record.sources) if journal_path else None
     try:
         return _read(record, problem, registry_log, journal, now)
@@ -216,6 +223,19 @@ def _read(
             merge(record, source.pulls)
     record.read_at = now
     return Feed(record, current=True, gap="; ".join(dict.fromkeys(gaps)), read=list(read))
+
+
+def _undelivered(urls: Sequence[str]) -> str:
+    """ "" when every registry has delivered every notification (checked before the journal
+    is read), else why the journal cannot be complete now."""
+    for url in urls:
+        try:
+            count = notifications.undelivered(url)
+        except (OSError, ValueError) as exc:
+            return f"cannot tell whether the registry at {url} delivered its notifications: {exc}"
+        if count:
+            return f"the registry at {url} has {count} notification(s) not delivered yet"
+    return ""
 
 
 def merge(record: Record, found: Iterable[Pull]) -> None:

@@ -213,7 +213,13 @@ class Janitor:
             return None
         reader = RegistryLog(cfg.registry_log, pulls=True) if cfg.registry_log else None
         try:
-            feed = pulls.read_feed(self.storage, reader, now, cfg.notifications_journal)
+            feed = pulls.read_feed(
+                self.storage,
+                reader,
+                now,
+                cfg.notifications_journal,
+                cfg.notifications_pending_urls,
+            )
         finally:
             if reader is not None:
                 reader.close()

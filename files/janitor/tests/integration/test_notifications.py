@@ -34,6 +34,7 @@ class Setup:
     registry: Registry
     journal: Path
     work: Path
+    listener: Listener
 
     def events(self) -> list[dict[str, Any]]:
         if not self.journal.exists():
@@ -66,39 +67,52 @@ class Setup:
         assert result.returncode == 0, result.stderr + result.stdout
         return janitor.events(result)
 
+    def prune_after_delivery(self) -> list[dict[str, Any]]:
+        """A prune that reads the journal only once the registry has delivered everything."""
+        return self.prune("--notifications-pending-urls", self.registry.debug_vars)
 
-@contextlib.contextmanager
-def listening(work: Path, port: int, journal: Path) -> Iterator[subprocess.Popen[bytes]]:
-    token = work / "token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o600)
-    data = work / "listener-data"
-    data.mkdir()
-    log = (work / "listener.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "registry_janitor", "listen",
-            "--data-dir", str(data),
-            "--notifications-journal", str(journal),
-            "--listen-address", f"127.0.0.1:{port}",
-            "--listen-token-file", str(token),
-        ],
-        stdout=log,
-        stderr=log,
-    )  # fmt: skip
-    try:
+
+class Listener:
+    """`registry-janitor listen` as deployed: a subprocess of the installed package."""
+
+    def __init__(self, work: Path, port: int, journal: Path) -> None:
+        self.work, self.port, self.journal = work, port, journal
+        self.token = work / "token"
+        self.token.write_text(TOKEN + "\n")
+        self.token.chmod(0o600)
+        self.data = work / "listener-data"
+        self.data.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.work / "listener.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "registry_janitor", "listen",
+                    "--data-dir", str(self.data),
+                    "--notifications-journal", str(self.journal),
+                    "--listen-address", f"127.0.0.1:{self.port}",
+                    "--listen-token-file", str(self.token),
+                ],
+                stdout=log,
+                stderr=log,
+            )  # fmt: skip
         deadline = time.monotonic() + 15
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert proc.poll() is None, (work / "listener.log").read_text()
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1),
+            ):
+                return
+            assert self.proc.poll() is None, (self.work / "listener.log").read_text()
             assert time.monotonic() < deadline, "the listener did not start"
             time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
 
 
 @pytest.fixture
@@ -107,23 +121,25 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     (its log at warn level: no request lines), and a first prune that starts the record."""
     port = free_port()
     journal = tmp_path / "notifications.jsonl"
-    with listening(tmp_path, port, journal):
-        reg = Registry(tmp_path / "registry", notify=(f"http://127.0.0.1:{port}/events", TOKEN))
-        reg.start()
-        try:
-            push_old_tags(reg, tmp_path / "layout", 3)
-            s = Setup(reg, journal, tmp_path)
-            s.wait_for(lambda e: e["action"] == "push" and e["target"].get("tag") == "b2", "push")
-            s.prune("--keep-last-n", "100")
-            # As if the listener and the janitor had run for two days (see
-            # test_pull_retention.start_record).
-            doc = json.loads(reg.store.read(PULLS_FILE))
-            assert doc["sources"], doc
-            doc["covered_since"] = time.time() - 2 * DAY
-            reg.store.write(PULLS_FILE, json.dumps(doc).encode())
-            yield s
-        finally:
-            reg.stop()
+    listener = Listener(tmp_path, port, journal)
+    listener.start()
+    reg = Registry(tmp_path / "registry", notify=(f"http://127.0.0.1:{port}/events", TOKEN))
+    reg.start()
+    try:
+        push_old_tags(reg, tmp_path / "layout", 3)
+        s = Setup(reg, journal, tmp_path, listener)
+        s.wait_for(lambda e: e["action"] == "push" and e["target"].get("tag") == "b2", "push")
+        s.prune("--keep-last-n", "100")
+        # As if the listener and the janitor had run for two days (see
+        # test_pull_retention.start_record).
+        doc = json.loads(reg.store.read(PULLS_FILE))
+        assert doc["sources"], doc
+        doc["covered_since"] = time.time() - 2 * DAY
+        reg.store.write(PULLS_FILE, json.dumps(doc).encode())
+        yield s
+    finally:
+        reg.stop()
+        listener.stop()
 
 
 def test_a_tag_pulled_per_the_notifications_survives_keep_last_n_1(setup: Setup) -> None:
@@ -135,7 +151,7 @@ def test_a_tag_pulled_per_the_notifications_survives_keep_last_n_1(setup: Setup)
     assert got["request"]["method"] == "GET" and "/manifests/" in got["target"]["url"]
     assert got["source"]["instanceID"] and got["source"]["addr"]
     assert not reg.log.read_text().count("/manifests/b1")  # not from the log: it has none
-    events = setup.prune()
+    events = setup.prune_after_delivery()
     assert deleted(events) == {"b0"}, events
     assert not any(e["event"] == "pull_record_short" for e in events)
     assert reg.tags("app") == ["b1", "b2"]
@@ -158,3 +174,22 @@ def test_a_registry_restart_keeps_what_it_may_have_lost(setup: Setup) -> None:
     [short] = [e for e in events if e["event"] == "pull_record_short"]
     assert short["tags"] == 2
     assert reg.tags("app") == ["b0", "b1", "b2"]
+
+
+def test_a_pull_the_registry_still_holds_deletes_nothing_on_pull_grounds(setup: Setup) -> None:
+    """The listener is down: the registry keeps b1's pull queued. Without the registry's
+    count of undelivered notifications the journal would look complete and b1 would go;
+    with it nothing is deleted on pull grounds until the pull arrives, and then b1 stays."""
+    reg = setup.registry
+    setup.listener.stop()
+    assert pull(reg, "app:b1", setup.work / "pulled").returncode == 0
+    held = setup.prune_after_delivery()
+    assert deleted(held) == set(), held
+    [short] = [e for e in held if e["event"] == "pull_record_short"]
+    assert "not delivered yet" in short["message"], short
+    assert reg.tags("app") == ["b0", "b1", "b2"]
+    setup.listener.start()
+    setup.wait_for(lambda e: e["target"].get("tag") == "b1", "the queued pull of b1")
+    events = setup.prune_after_delivery()
+    assert deleted(events) == {"b0"}, events
+    assert reg.tags("app") == ["b1", "b2"]

@@ -3,6 +3,7 @@ rotation that loses nothing, and a prune that keeps a tag pulled only per the jo
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import threading
@@ -259,3 +260,54 @@ def test_a_listener_that_received_nothing_yet_is_a_journal_that_covers_its_time(
     deliver(path, event(tag="v1", when=when))
     after = read(s, path, when + 120)  # the registry's first event: nothing before it known
     assert after.current and after.covered_since == pytest.approx(when + SLACK, abs=1e-3)
+
+
+def debug_vars(pending: object, name: str = "registry-janitor") -> bytes:
+    """The registry's /debug/vars (2.8): its notification endpoints with their metrics."""
+    endpoint = {"name": name, "url": "http://janitor:5080/events", "Metrics": {"Pending": pending}}
+    return json.dumps({"registry": {"notifications": {"endpoints": [endpoint]}}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("page", "gap"),
+    [
+        (debug_vars(0), ""),
+        (debug_vars(2), "has 2 notification(s) not delivered yet"),
+        (debug_vars(0, name="other"), "cannot tell"),
+        (debug_vars(None), "cannot tell"),
+        (b"<html>", "cannot tell"),
+        (None, "cannot tell"),  # nothing answers
+    ],
+)
+def test_the_journal_counts_only_when_no_registry_holds_a_notification(
+    s: Store, path: Path, page: bytes | None, gap: str
+) -> None:
+    deliver(path, event(tag="v1", when=T0))
+    read(s, path, T0 + 10)
+
+    class Vars(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(page or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Vars)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    port = server.server_address[1]
+    if page is None:
+        server.shutdown()
+        server.server_close()
+    try:
+        url = f"http://127.0.0.1:{port}/debug/vars"
+        feed = pulls.read_feed(s.storage, None, T0 + 20, path, [url])
+    finally:
+        if page is not None:
+            server.shutdown()
+            server.server_close()
+    assert feed.current == (gap == "")
+    assert gap in feed.gap
+    if gap:
+        assert feed.covered_since is None  # this run keeps what a pull might keep
