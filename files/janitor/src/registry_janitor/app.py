@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from registry_janitor import html_report, metrics, report
+from registry_janitor import html_report, listener, metrics, report
 from registry_janitor.backends import open_storage, store_missing
 from registry_janitor.config import Config
 from registry_janitor.lock import LockHeld, SweepLock
@@ -223,6 +223,15 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool, html: str | 
     setup_logging(as_json=as_json, verbose=verbose)
     out = Output(as_json=as_json)
     stop = threading.Event()
+    if command == "listen":
+        assert cfg.listen is not None  # config.load sets it for this command
+        _install_signal_handlers(stop)
+        try:
+            listener.serve(cfg.listen, stop)
+        except OSError as exc:
+            out.emit("listen_failed", f"cannot listen: {exc}", level=logging.ERROR)
+            return EXIT_FAILED
+        return EXIT_OK
     if command == "check":
         if _store_missing(cfg, out):
             return EXIT_FAILED
@@ -251,6 +260,8 @@ def run(command: str, cfg: Config, *, as_json: bool, verbose: bool, html: str | 
                         sys.stdout,
                         registry_log=cfg.registry_log,
                         policy=cfg.policy,
+                        journal=cfg.notifications_journal,
+                        pending_urls=cfg.notifications_pending_urls,
                     )
             finally:
                 storage.close()

@@ -10,7 +10,7 @@ from typing import NoReturn
 from registry_janitor import __version__, config
 
 PROG = "registry-janitor"
-COMMANDS = ("sweep", "prune", "gc", "gc-due", "report", "verify", "check")
+COMMANDS = ("sweep", "prune", "gc", "gc-due", "report", "verify", "check", "listen")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check": "exit 0 when the store is there (the data directory's store, or the bucket"
         " answers), 1 with the reason otherwise; changes nothing (the registry unit's start-up"
         " check)",
+        "listen": "accept the registry's notifications (JANITOR_LISTEN_ADDRESS, a bearer token"
+        " from JANITOR_LISTEN_TOKEN_FILE) and append them to JANITOR_NOTIFICATIONS_JOURNAL,"
+        " where pull rules read them",
     }
     for name in COMMANDS:
         cmd = sub.add_parser(name, parents=[options], help=helps[name], description=helps[name])

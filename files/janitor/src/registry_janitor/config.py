@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry_janitor.output import human_bytes, human_duration
@@ -90,14 +90,15 @@ SETTINGS: dict[str, Setting] = {
             "KEEP_PULLED_WITHIN",
             "--keep-pulled-within",
             "0",
-            "also keep tags pushed or pulled within this long (0: off; needs the registry's log)",
+            "also keep tags pushed or pulled within this long (0: off; needs the registry's log"
+            " or the notification journal)",
         ),
         Setting(
             "KEEP_LAST_PULLED",
             "--keep-last-pulled",
             "0",
             "also keep this many tags per repository, most recently pushed or pulled first"
-            " (0: off; needs the registry's log)",
+            " (0: off; needs the registry's log or the notification journal)",
         ),
         Setting(
             "COUNT_HEAD_AS_PULL",
@@ -140,6 +141,33 @@ SETTINGS: dict[str, Setting] = {
             "",
             "the registry's log file (info level): blobs clients touched are never held, and"
             " a held blob a client asks for goes back at once (janitor engine)",
+        ),
+        Setting(
+            "JANITOR_NOTIFICATIONS_JOURNAL",
+            "--notifications-journal",
+            "",
+            "the file `listen` appends the registry's notifications to; pull rules read pulls"
+            " from it (with or without the registry's log)",
+        ),
+        Setting(
+            "JANITOR_NOTIFICATIONS_PENDING_URLS",
+            "--notifications-pending-urls",
+            "",
+            "comma-separated /debug/vars URLs of every registry that notifies the listener:"
+            " the journal counts as complete only when none has a notification for the"
+            " endpoint named registry-janitor still queued",
+        ),
+        Setting(
+            "JANITOR_LISTEN_ADDRESS",
+            "--listen-address",
+            "127.0.0.1:5080",
+            "listen: host:port to accept the registry's notifications on",
+        ),
+        Setting(
+            "JANITOR_LISTEN_TOKEN_FILE",
+            "--listen-token-file",
+            "",
+            "listen: file holding the token the registry sends as `Authorization: Bearer`",
         ),
         Setting(
             "REVISION_GRACE",
@@ -210,6 +238,16 @@ SETTINGS: dict[str, Setting] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where `listen` accepts the registry's notifications and what it asks of them."""
+
+    host: str
+    port: int
+    token: str = field(repr=False)
+    journal: Path
 
 
 @dataclass(frozen=True)
@@ -307,6 +345,9 @@ class Config:
     verify_interval: int | None = 30 * 86400
     s3: S3Settings | None = None  # set: the store is in a bucket, not under data_dir
     registry_log: Path | None = None  # the registry's log file (registry_log.py)
+    notifications_journal: Path | None = None  # journal.py
+    notifications_pending_urls: tuple[str, ...] = ()  # notifications.undelivered
+    listen: Listen | None = None  # set for the `listen` command
 
     @property
     def store(self) -> str:
@@ -384,7 +425,21 @@ def load(
         else None
     )
     data_dir = Path(raw["data_dir"])
-    if s3 is None and not data_dir.is_dir():
+    journal = Path(raw["notifications_journal"]) if raw["notifications_journal"].strip() else None
+    if journal is not None and not journal.parent.is_dir():
+        raise ConfigError(
+            name("notifications_journal"), f'directory does not exist: "{journal.parent}"'
+        )
+    pending_urls = tuple(
+        u.strip() for u in raw["notifications_pending_urls"].split(",") if u.strip()
+    )
+    for url in pending_urls:
+        if not re.fullmatch(r"https?://[^\s/]+/\S*", url):
+            raise ConfigError(
+                name("notifications_pending_urls"), f'must be http(s) URLs, got "{url}"'
+            )
+    listen = _listen(raw, name, journal) if command == "listen" else None
+    if s3 is None and listen is None and not data_dir.is_dir():
         raise ConfigError(name("data_dir"), f'directory does not exist: "{data_dir}"')
     registry_config = Path(raw["registry_config"])
     registry_log = Path(raw["registry_log"]) if raw["registry_log"].strip() else None
@@ -423,7 +478,7 @@ def load(
         lock_file = Path(tempfile.gettempdir()) / f"registry-janitor-{s3.bucket}.lock"
     else:
         lock_file = data_dir / ".registry-janitor.lock"
-    if not lock_file.parent.is_dir():
+    if listen is None and not lock_file.parent.is_dir():
         raise ConfigError(name("lock_file"), f'directory does not exist: "{lock_file.parent}"')
 
     engine = raw["gc_engine"].strip().lower()
@@ -463,6 +518,9 @@ def load(
         data_dir=data_dir,
         registry_config=registry_config,
         registry_log=registry_log,
+        notifications_journal=journal,
+        notifications_pending_urls=pending_urls,
+        listen=listen,
         registry_bin=raw["registry_bin"],
         run_gc=b["run_gc"],
         keep_min_age=min_age,
@@ -498,6 +556,31 @@ def _secret(
         if env.get(var, "").strip():
             return env[var].strip(), var
     return "", ""
+
+
+def _listen(raw: Mapping[str, str], name: Callable[[str], str], journal: Path | None) -> Listen:
+    if journal is None:
+        raise ConfigError(name("notifications_journal"), "listen needs a journal file")
+    m = re.fullmatch(r"\[?([^\s\[\]]+?)\]?:(\d{1,5})", raw["listen_address"].strip())
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError(
+            name("listen_address"), f'must be host:port, got "{raw["listen_address"]}"'
+        )
+    token_file = raw["listen_token_file"].strip()
+    if not token_file:
+        raise ConfigError(name("listen_token_file"), "listen needs a token file")
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            name("listen_token_file"), f'cannot read "{token_file}": {exc.strerror or exc}'
+        ) from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ConfigError(
+            name("listen_token_file"),
+            f'"{token_file}" must hold one token of at least 16 characters, no spaces',
+        )
+    return Listen(m.group(1), int(m.group(2)), token, journal)
 
 
 def _s3_settings(

@@ -148,14 +148,16 @@ def build(cfg: Config, storage: Storage, pool: Executor, now: float | None = Non
 
 
 def _pull_feed(cfg: Config, storage: Storage, now: float) -> pulls.Feed | None:
-    """The pull record with the registry's log read to its end, as the sweep reads it, but
-    never saved: the page's plan decides pull rules as the next sweep would."""
+    """The pull record with the registry's log and journal read to their ends, as the sweep
+    reads them, but never saved: the page's plan decides pull rules as the next sweep would."""
     uses = cfg.policy.default.uses_pulls or any(r.uses_pulls for _, r in cfg.policy.rules)
     if not uses:
         return None
     reader = RegistryLog(cfg.registry_log, pulls=True) if cfg.registry_log else None
     try:
-        return pulls.read_feed(storage, reader, now)
+        return pulls.read_feed(
+            storage, reader, now, cfg.notifications_journal, cfg.notifications_pending_urls
+        )
     finally:
         if reader is not None:
             reader.close()

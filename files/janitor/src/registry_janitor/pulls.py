@@ -1,7 +1,8 @@
 """The pull record: when each tag and manifest was last pulled, kept on the share.
 
-Fed from the registry's log (registry_log.py: a manifest GET or HEAD answered 200). Each run
-reads what the registry wrote since the last run stopped reading and saves, in one atomic
+Fed from the registry's log (registry_log.py: a manifest GET or HEAD answered 200), from the
+registry's notifications (journal.py: what `registry-janitor listen` accepted), or both. Each
+run reads what was written since the last run stopped reading and saves, in one atomic
 write through the storage (a kill leaves the old record or the new one, on a filesystem and
 in a bucket alike), the pull times together with how far the log was read and since when the
 record is continuous (`covered_since`).
@@ -12,6 +13,11 @@ host). The record then holds every pull only from the first line of the log as i
 A log that cannot be read, or none configured, leaves this run without any continuity: it
 keeps every tag a pull might keep (retention.Pulls with covered_since None). Pull times
 recorded before a gap stay: they were real pulls, and only ever keep more.
+
+The notification journal has one more kind of gap: a registry restart (a new instance id for
+a source addr) loses the notifications it still had queued; the record is then complete only
+from the new instance's first event on. With both sources configured, every gap of either
+counts: the record starts at the later of the two.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from registry_janitor import manifests, retention
+from registry_janitor import manifests, notifications, retention
+from registry_janitor.journal import JournalReader
 from registry_janitor.records import Repository
 from registry_janitor.registry_log import Position, Pull, RegistryLog
 from registry_janitor.storage import Storage
@@ -45,6 +53,8 @@ class Record:
     covered_since: float | None = None
     position: Position | None = None
     read_at: float | None = None
+    journal: Position | None = None  # how far the notification journal was read
+    sources: dict[str, tuple[str, float]] = field(default_factory=dict)  # journal.JournalReader
 
 
 @dataclass
@@ -78,35 +88,47 @@ def load(storage: Storage) -> tuple[Record, str]:
 def _parse(doc: object) -> Record:
     if not isinstance(doc, dict) or doc.get("version") != _VERSION:
         raise ValueError("unknown version")
-    pos = doc.get("position")
-    position = (
-        Position(int(pos["offset"]), str(pos["head"]), int(pos["head_length"]))
-        if isinstance(pos, dict)
-        else None
-    )
+    position, journal = (_position(doc.get(k)) for k in ("position", "journal"))
     times: Times = {
         str(repo): {str(ref): (float(t[0]), float(t[1])) for ref, t in refs.items()}
         for repo, refs in doc["pulls"].items()
     }
     since = doc.get("covered_since")
     read_at = doc.get("read_at")
+    sources = {
+        str(addr): (str(s["instance"]), float(s["last"]))
+        for addr, s in (doc.get("sources") or {}).items()
+    }
     return Record(
         times,
         float(since) if since is not None else None,
         position,
         float(read_at) if read_at is not None else None,
+        journal,
+        sources,
     )
 
 
+def _position(pos: object) -> Position | None:
+    if not isinstance(pos, dict):
+        return None
+    return Position(int(pos["offset"]), str(pos["head"]), int(pos["head_length"]))
+
+
+def _position_doc(pos: Position | None) -> dict[str, object] | None:
+    if pos is None:
+        return None
+    return {"offset": pos.offset, "head": pos.head, "head_length": pos.head_length}
+
+
 def save(storage: Storage, record: Record) -> None:
-    pos = record.position
     doc = {
         "version": _VERSION,
         "covered_since": record.covered_since,
         "read_at": record.read_at,
-        "position": None
-        if pos is None
-        else {"offset": pos.offset, "head": pos.head, "head_length": pos.head_length},
+        "position": _position_doc(record.position),
+        "journal": _position_doc(record.journal),
+        "sources": {a: {"instance": i, "last": t} for a, (i, t) in record.sources.items()},
         "pulls": {
             repo: {ref: list(t) for ref, t in refs.items()} for repo, refs in record.pulls.items()
         },
@@ -114,37 +136,106 @@ def save(storage: Storage, record: Record) -> None:
     storage.write(PULLS_FILE, json.dumps(doc, separators=(",", ":")).encode())
 
 
-def read_feed(storage: Storage, registry_log: RegistryLog | None, now: float) -> Feed:
-    """The record brought up to date with the log (not saved: `save`)."""
+def read_feed(
+    storage: Storage,
+    registry_log: RegistryLog | None,
+    now: float,
+    journal_path: Path | None = None,
+    pending_urls: Sequence[str] = (),
+) -> Feed:
+    """The record brought up to date with the log and the notification journal at
+    `journal_path` (not saved: `save`). `pending_urls`: each registry's `/debug/vars`; a
+    notification any of them has not delivered yet makes this run not current."""
     record, problem = load(storage)
     if problem and not problem.startswith("no pull record"):
         # A record that cannot be read is not overwritten on a guess: this run keeps what a
         # pull might keep, and the next one tries again.
         return Feed(record, current=False, gap=problem)
-    if registry_log is None:
-        return Feed(record, current=False, gap="no registry log configured (JANITOR_REGISTRY_LOG)")
-    try:
-        continuous = registry_log.read_since(record.position)
-        position = registry_log.position()
-    except OSError as exc:
+    if registry_log is None and journal_path is None:
         return Feed(
             record,
             current=False,
-            gap=f"cannot read the registry's log {registry_log.path}: {exc.strerror or exc}",
+            gap="no registry log (JANITOR_REGISTRY_LOG) or notification journal"
+            " (JANITOR_NOTIFICATIONS_JOURNAL) configured",
         )
-    gap = ""
-    if not continuous or record.covered_since is None:
-        first = registry_log.first_time
-        record.covered_since = now if first is None else min(now, first + _CUT_SLACK)
-        gap = (
-            problem
-            if problem
-            else "the registry's log was rotated or replaced past lines not read yet"
-        )
-    merge(record, registry_log.pulls)
-    record.position = position
+    if journal_path is not None:
+        held = _undelivered(pending_urls)
+        if held:
+            # Read next run: pulls still queued in a registry would be missing.
+            return Feed(record, current=False, gap=held)
+    journal = JournalReader(journal_path, record.sources) if journal_path else None
+    try:
+        return _read(record, problem, registry_log, journal, now)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _read(
+    record: Record,
+    problem: str,
+    registry_log: RegistryLog | None,
+    journal: JournalReader | None,
+    now: float,
+) -> Feed:
+    starts: list[float] = []  # from when on each gap leaves the record complete again
+    gaps: list[str] = []
+    positions: list[Position | None] = []
+    for source, since, what in (
+        (registry_log, record.position, "the registry's log"),
+        (journal, record.journal, "the notification journal"),
+    ):
+        if source is None:
+            positions.append(since)
+            continue
+        try:
+            continuous = source.read_since(since)
+            positions.append(source.position())
+        except OSError as exc:
+            return Feed(
+                record,
+                current=False,
+                gap=f"cannot read {what} {source.path}: {exc.strerror or exc}",
+            )
+        if not continuous:
+            first = source.first_time
+            starts.append(now if first is None else first + _CUT_SLACK)
+            gaps.append(
+                problem
+                or (f"{what} is read for the first time" if since is None else "")
+                or f"{what} was rotated or replaced past lines not read yet"
+            )
+    if journal is not None:
+        starts += [g.first + _CUT_SLACK for g in journal.gaps]
+        gaps += [g.describe() for g in journal.gaps]
+        if journal.unreadable_since is not None:
+            starts.append(journal.unreadable_since)
+            gaps.append(f"{journal.unreadable} line(s) of the notification journal unreadable")
+        record.sources = journal.sources
+    if starts or record.covered_since is None:
+        record.covered_since = min(now, max([*starts, record.covered_since or 0.0]))
+        if not gaps:
+            gaps.append(problem or "the pull record starts now")
+    record.position, record.journal = positions
+    read = journal.pulls if journal is not None else registry_log.pulls if registry_log else []
+    for source in (registry_log, journal):
+        if source is not None:
+            merge(record, source.pulls)
     record.read_at = now
-    return Feed(record, current=True, gap=gap, read=list(registry_log.pulls))
+    return Feed(record, current=True, gap="; ".join(dict.fromkeys(gaps)), read=list(read))
+
+
+def _undelivered(urls: Sequence[str]) -> str:
+    """ "" when every registry has delivered every notification (checked before the journal
+    is read), else why the journal cannot be complete now."""
+    for url in urls:
+        try:
+            count = notifications.undelivered(url)
+        except (OSError, ValueError) as exc:
+            return f"cannot tell whether the registry at {url} delivered its notifications: {exc}"
+        if count:
+            return f"the registry at {url} has {count} notification(s) not delivered yet"
+    return ""
 
 
 def merge(record: Record, found: Iterable[Pull]) -> None:

@@ -216,7 +216,7 @@ class RegistryLog:
                         fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
                     except FileNotFoundError:
                         continue
-                    if not _continues(fd, position):
+                    if not continues(fd, position):
                         os.close(fd)
                         continue
                     self._use(fd, position.offset)
@@ -291,7 +291,7 @@ class RegistryLog:
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _continues(fd: int, position: Position) -> bool:
+def continues(fd: int, position: Position) -> bool:
     """Whether the open file is the one `position` was read in, grown or not."""
     st = os.fstat(fd)
     if st.st_size < position.offset:

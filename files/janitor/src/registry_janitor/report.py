@@ -117,6 +117,8 @@ def run(
     *,
     registry_log: Path | None = None,
     policy: Policy | None = None,
+    journal: Path | None = None,
+    pending_urls: Sequence[str] = (),
 ) -> None:
     survey = Survey(storage)
     repos = store.scan(survey, pool)
@@ -124,7 +126,7 @@ def run(
         log.warning("report: %s", gap)
     log_reader = RegistryLog(registry_log, pulls=True) if registry_log is not None else None
     try:
-        feed = pulls.read_feed(storage, log_reader, time.time())
+        feed = pulls.read_feed(storage, log_reader, time.time(), journal, pending_urls)
     finally:
         if log_reader is not None:
             log_reader.close()

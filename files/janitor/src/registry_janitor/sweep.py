@@ -21,6 +21,7 @@ from pathlib import Path
 
 from registry_janitor import (
     executor,
+    journal,
     manifests,
     pending,
     plan,
@@ -36,7 +37,7 @@ from registry_janitor.hold import Hold
 from registry_janitor.output import Output, iso
 from registry_janitor.plan import RepoPlan
 from registry_janitor.records import Repository, SweepStats, Tag
-from registry_janitor.registry_log import RegistryLog
+from registry_janitor.registry_log import Position, RegistryLog
 from registry_janitor.storage import Storage
 from registry_janitor.survey import Survey, describe
 
@@ -208,11 +209,17 @@ class Janitor:
         dry run) before anything is decided on it. None when nothing asks for it."""
         cfg = self.cfg
         uses = cfg.policy.default.uses_pulls or any(r.uses_pulls for _, r in cfg.policy.rules)
-        if cfg.registry_log is None and not uses:
+        if cfg.registry_log is None and cfg.notifications_journal is None and not uses:
             return None
         reader = RegistryLog(cfg.registry_log, pulls=True) if cfg.registry_log else None
         try:
-            feed = pulls.read_feed(self.storage, reader, now)
+            feed = pulls.read_feed(
+                self.storage,
+                reader,
+                now,
+                cfg.notifications_journal,
+                cfg.notifications_pending_urls,
+            )
         finally:
             if reader is not None:
                 reader.close()
@@ -227,7 +234,20 @@ class Janitor:
             except OSError as exc:
                 # The next run reads the same lines again: nothing is lost but time.
                 log.warning("cannot save %s: %s", pulls.PULLS_FILE, exc)
+            else:
+                self._rotate_journal(feed.record.journal)
         return feed
+
+    def _rotate_journal(self, merged: Position | None) -> None:
+        """Once the record holding the journal's pulls is saved: a large journal read to its
+        end starts anew (journal.rotate)."""
+        path = self.cfg.notifications_journal
+        if path is None:
+            return
+        try:
+            journal.rotate(path, merged)
+        except OSError as exc:  # it grows until the next run tries again
+            log.warning("cannot rotate the notification journal %s: %s", path, exc)
 
     def _say_what_pulls_cannot_decide(
         self, plans: Sequence[RepoPlan], feed: pulls.Feed | None

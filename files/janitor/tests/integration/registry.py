@@ -38,8 +38,18 @@ def write_config(
     blobdescriptor_cache: bool,
     log_level: str = "warn",
     log_formatter: str = "text",
+    notify: tuple[str, str] | None = None,
+    debug_port: int = 0,
 ) -> None:
     cache = "  cache:\n    blobdescriptor: inmemory\n" if blobdescriptor_cache else ""
+    notifications = (
+        ""
+        if notify is None
+        else "notifications:\n  endpoints:\n    - name: registry-janitor\n"
+        f"      url: {notify[0]}\n"
+        f"      headers:\n        Authorization: [Bearer {notify[1]}]\n"
+        "      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+    )
     path.write_text(
         "version: 0.1\n"
         f"log:\n  level: {log_level}\n  formatter: {log_formatter}\n"
@@ -49,13 +59,16 @@ def write_config(
         "  delete:\n    enabled: true\n"
         f"{cache}"
         f"http:\n  addr: 127.0.0.1:{port}\n"
+        # The debug server's /debug/vars: how many notifications are still queued.
+        + (f"  debug:\n    addr: 127.0.0.1:{debug_port}\n" if debug_port else "")
+        + f"{notifications}"
     )
 
 
 class Registry:
     """`root` puts a filesystem store elsewhere (an SMB share), `store` names any store (a
     bucket); config and log stay in `workdir`. `root` is the janitor's data directory: for
-    a bucket an empty local directory."""
+    a bucket an empty local directory. `notify`: (url, token) of a notifications endpoint."""
 
     def __init__(
         self,
@@ -66,6 +79,7 @@ class Registry:
         store: Store | None = None,
         log_level: str = "warn",
         log_formatter: str = "text",
+        notify: tuple[str, str] | None = None,
     ) -> None:
         assert REGISTRY_BIN is not None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +88,7 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=root is not None)
         self.store: Store = store if store is not None else FsStore(self.root)
         self.port = free_port()
+        self.debug_port = free_port() if notify is not None else 0
         self.config = workdir / "config.yml"
         self.log = workdir / "registry.log"
         self.blobdescriptor_cache = blobdescriptor_cache
@@ -84,6 +99,8 @@ class Registry:
             blobdescriptor_cache=blobdescriptor_cache,
             log_level=log_level,
             log_formatter=log_formatter,
+            notify=notify,
+            debug_port=self.debug_port,
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -94,6 +111,11 @@ class Registry:
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def debug_vars(self) -> str:
+        """The debug server's expvar page (registries with `notify` only)."""
+        return f"http://127.0.0.1:{self.debug_port}/debug/vars"
 
     @property
     def repositories(self) -> Path:

@@ -67,6 +67,15 @@ def deleted(events: list[dict[str, Any]]) -> set[str]:
     return {e["tag"] for e in events if e["event"] == "tag_deleted"}
 
 
+def push_old_tags(reg: Registry, layout_dir: Path, count: int) -> None:
+    """app:b0, b1, ... (one image each), pushed five days ago a second apart."""
+    layout = oci.Layout(layout_dir)
+    for i in range(count):
+        layout.tag(f"b{i}", layout.image([layout.layer({f"{i}": b"x"})], label=str(i)))
+        push(layout.path, f"b{i}", reg, f"app:b{i}")
+        reg.set_push_time(f"app:b{i}", time.time() - 5 * DAY + i)
+
+
 def start_record(reg: Registry, tmp: Path, covered_for: float = 2 * DAY) -> None:
     """The first run writes the record; then it is dated as if it had run for two days."""
     sweep(reg, tmp, "--keep-last-n", "100", command="prune")
@@ -197,12 +206,7 @@ def test_a_gap_in_the_feed_deletes_nothing_on_pull_grounds(
     reg = Registry(tmp_path / "registry", store=new_store("gap"), log_level="info")
     reg.start()
     try:
-        layout = oci.Layout(tmp_path / "layout")
-        for i in range(3):
-            desc = layout.image([layout.layer({f"{i}": str(i).encode()})], label=str(i))
-            layout.tag(f"b{i}", desc)
-            push(layout.path, f"b{i}", reg, f"app:b{i}")
-            reg.set_push_time(f"app:b{i}", NOW - 5 * DAY + i)
+        push_old_tags(reg, tmp_path / "layout", 3)
         start_record(reg, tmp_path)
         urllib.request.urlopen(f"http://{reg.host}/v2/", timeout=5).close()  # not read yet
         _make_gap(reg, how)
@@ -224,11 +228,7 @@ def test_without_the_feature_the_same_store_loses_the_pulled_tags(tmp_path: Path
     reg = Registry(tmp_path / "registry", log_level="info")
     reg.start()
     try:
-        layout = oci.Layout(tmp_path / "layout")
-        for i in range(2):
-            layout.tag(f"b{i}", layout.image([layout.layer({f"{i}": b"x"})], label=str(i)))
-            push(layout.path, f"b{i}", reg, f"app:b{i}")
-            reg.set_push_time(f"app:b{i}", NOW - 5 * DAY + i)
+        push_old_tags(reg, tmp_path / "layout", 2)
         assert pull(reg, "app:b0", tmp_path / "p").returncode == 0
         result = janitor.run(reg, "--json", "--keep-last-n", "1", command="prune")
         assert deleted(janitor.events(result)) == {"b0"}
