@@ -62,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        self._refuse(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_error(HTTPStatus.METHOD_NOT_ALLOWED)
 
     do_PUT = do_DELETE = do_HEAD = do_PATCH = do_GET
 
@@ -100,9 +100,6 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server._count:
             self.server.accepted += len(events)
         return HTTPStatus.OK, f"accepted {len(events)} event(s)"
-
-    def _refuse(self, status: HTTPStatus) -> None:
-        self.send_error(status)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s " + format, self.client_address[0], *args)

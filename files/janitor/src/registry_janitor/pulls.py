@@ -217,6 +217,7 @@ def _read(
         if not gaps:
             gaps.append(problem or "the pull record starts now")
     record.position, record.journal = positions
+    # With both sources, one pull is in each: the journal's list counts it once.
     read = journal.pulls if journal is not None else registry_log.pulls if registry_log else []
     for source in (registry_log, journal):
         if source is not None:
