@@ -191,10 +191,19 @@ BAD: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("registry_s3_access_key", "registry_s3_secret_key"),
     ),
     "s3-bad-bucket-name": ({**S3, "registry_s3_bucket": "CI_Cache"}, ("registry_s3_bucket",)),
-    # The janitor host reads only its own registry's log: another host's pulls are unseen.
+    # The janitor host reads only its own registry's log and notifications: another host's
+    # pulls are unseen.
     "pull-rules-on-a-shared-bucket": (
         {HOSTS: [S3, S3], "janitor_keep_pulled_within": "7d"},
         ("janitor_keep_pulled_within", "registry_storage"),
+    ),
+    "notifications-on-a-shared-bucket": (
+        {HOSTS: [S3, S3], "registry_notifications_enabled": True},
+        ("registry_notifications_enabled", "registry_storage"),
+    ),
+    "notifications-not-a-boolean": (
+        {"registry_notifications_enabled": "sometimes"},
+        ("registry_notifications_enabled",),
     ),
     "bad-pull-window": ({"janitor_keep_pulled_within": "7 days"}, ("janitor_keep_pulled_within",)),
     "s3-unknown-storage": ({"registry_storage": "nfs"}, ("registry_storage",)),
@@ -238,6 +247,8 @@ GOOD: dict[str, dict[str, Any]] = {
     "s3-without-storagebox-password": {**S3, "storagebox_password": ""},
     "two-hosts-on-one-bucket": {HOSTS: [S3, S3]},
     "pull-rules-on-a-bucket-with-one-host": {**S3, "janitor_keep_pulled_within": "7d"},
+    "notifications-on-a-bucket-with-one-host": {**S3, "registry_notifications_enabled": True},
+    "notifications-off": {"registry_notifications_enabled": False},
     "two-hosts-each-its-own-share": {
         HOSTS: [{"storagebox_share": "u1-sub1"}, {"storagebox_share": "u1-sub2"}],
         "storagebox_mount_state": "mounted",

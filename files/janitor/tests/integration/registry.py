@@ -49,6 +49,8 @@ def write_config(
         f"      url: {notify[0]}\n"
         f"      headers:\n        Authorization: [Bearer {notify[1]}]\n"
         "      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+        # As the registry role configures it: manifest events only.
+        "      ignoredmediatypes:\n        - application/octet-stream\n"
     )
     path.write_text(
         "version: 0.1\n"
