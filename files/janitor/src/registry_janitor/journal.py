@@ -178,9 +178,11 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _open(path: Path) -> int:
-    """The journal for appending, started with its header line if it is new or empty."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
+    """The journal for appending (under the lock), started with its header line if it is
+    new or empty, and without the cut line a listener killed inside a write left."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
     try:
+        _drop_cut_line(fd)
         if os.fstat(fd).st_size == 0:
             header = {"journal": _HEADER, "started": time.time(), "id": uuid.uuid4().hex}
             _write(fd, json.dumps(header).encode() + b"\n")
@@ -190,6 +192,29 @@ def _open(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _drop_cut_line(fd: int, chunk: int = 1 << 16) -> None:
+    """Truncates the file after its last newline. A line without one is what a listener
+    killed inside a write (or a crash before fsync) left: never acknowledged, so the registry
+    sends it again, and the next line must not be appended to it (the two would be one
+    unreadable line, and the reader a gap)."""
+    end = os.fstat(fd).st_size
+    if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        found = os.pread(fd, pos - start, start).rfind(b"\n")
+        if found >= 0:
+            keep = start + found + 1
+            break
+        pos = start
+    else:
+        keep = 0  # not even the header is whole: start the file again
+    log.warning("dropped a cut line at the end of the notification journal (%d bytes)", end - keep)
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
 
 
 def _write(fd: int, data: bytes) -> None:

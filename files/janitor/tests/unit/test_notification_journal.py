@@ -172,6 +172,32 @@ def test_an_unreadable_line_is_a_gap_until_the_next_one(s: Store, path: Path) ->
     assert feed.covered_since == T0 + 30  # the next line's receipt
 
 
+def test_a_line_cut_by_a_killed_listener_is_dropped_not_joined(s: Store, path: Path) -> None:
+    """A listener killed inside a write leaves a line without its newline, never answered
+    200: the next append drops it (the registry sends it again) instead of joining its own
+    line to it, which would make one unreadable line of an acknowledged one."""
+    deliver(path, event(tag="v1", when=T0))
+    since = read(s, path, T0 + 10).covered_since
+    whole = path.read_bytes()
+    cut = json.dumps({"received": T0 + 15, "events": [event(tag="v2", when=T0 + 15)]})
+    with path.open("a") as f:
+        f.write(cut[: len(cut) // 2])
+    deliver(path, event(tag="v2", when=T0 + 20))  # the registry's retry
+    assert path.read_bytes().startswith(whole)
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+    feed = read(s, path, T0 + 30)
+    assert feed.gap == "" and feed.covered_since == since  # no gap
+    assert feed.record.pulls["ci/app"]["v2"][0] == T0 + 20
+
+
+def test_a_journal_cut_inside_its_header_starts_again(path: Path) -> None:
+    path.write_bytes(b'{"journal": "registry-janitor notif')
+    deliver(path, event(tag="v1", when=T0))
+    header, line = (json.loads(x) for x in path.read_text().splitlines())
+    assert header["journal"] == "registry-janitor notification journal"
+    assert line["events"][0]["target"]["tag"] == "v1"
+
+
 NOW = time.time()
 DAY = 86400
 
