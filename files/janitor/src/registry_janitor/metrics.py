@@ -69,6 +69,10 @@ METRICS: dict[str, tuple[str, str]] = {
         "gauge",
         "How far back the pull record holds every pull; 0: not usable in the last run.",
     ),
+    "notifications_undelivered": (
+        "gauge",
+        "Notifications the registry held for the janitor's listener; -1: it did not answer.",
+    ),
 }
 
 
@@ -109,6 +113,11 @@ def render(
             ("", max(0.0, now - since) if (since := stats.pulls_covered_since) else 0.0)
         ],
         "manifest_pulls_total": _pulls(stats, previous),
+        "notifications_undelivered": (
+            [("", float(stats.notifications_undelivered))]
+            if stats.notifications_undelivered is not None
+            else []
+        ),
         "blobs_marked": [("", stats.blobs_marked)],
         "blobs_spared": [("", stats.blobs_spared)],
         "phase_duration_seconds": [
@@ -141,6 +150,8 @@ def render(
         names = ("repositories", "tags", "tags_kept", "manifests_spared")
         for name in (*names, "pull_record_coverage_seconds"):
             samples[name] = [("", previous.get(P + name, 0.0))]
+        if P + "notifications_undelivered" in previous:
+            samples["notifications_undelivered"] = [("", previous[P + "notifications_undelivered"])]
         samples["sweep_duration_seconds"] = [
             ("", previous.get(P + "sweep_duration_seconds", 0.0) + stats.duration)
         ]

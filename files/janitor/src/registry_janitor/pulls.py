@@ -65,6 +65,9 @@ class Feed:
     current: bool  # the log was read to its end now; False: pulls since are unknown
     gap: str = ""  # why the continuity ended or is unknown ("" when it did not)
     read: list[Pull] = field(default_factory=list)  # the pulls read in this run
+    # notifications the registries still held for the listener when the journal was to be
+    # read (pending_urls); None: not asked, or a registry did not answer
+    undelivered: int | None = None
 
     @property
     def covered_since(self) -> float | None:
@@ -158,14 +161,17 @@ def read_feed(
             gap="no registry log (JANITOR_REGISTRY_LOG) or notification journal"
             " (JANITOR_NOTIFICATIONS_JOURNAL) configured",
         )
-    if journal_path is not None:
-        held = _undelivered(pending_urls)
+    undelivered: int | None = None
+    if journal_path is not None and pending_urls:
+        undelivered, held = _undelivered(pending_urls)
         if held:
             # Read next run: pulls still queued in a registry would be missing.
-            return Feed(record, current=False, gap=held)
+            return Feed(record, current=False, gap=held, undelivered=undelivered)
     journal = JournalReader(journal_path, record.sources) if journal_path else None
     try:
-        return _read(record, problem, registry_log, journal, now)
+        feed = _read(record, problem, registry_log, journal, now)
+        feed.undelivered = undelivered
+        return feed
     finally:
         if journal is not None:
             journal.close()
@@ -226,17 +232,23 @@ def _read(
     return Feed(record, current=True, gap="; ".join(dict.fromkeys(gaps)), read=list(read))
 
 
-def _undelivered(urls: Sequence[str]) -> str:
-    """ "" when every registry has delivered every notification (checked before the journal
-    is read), else why the journal cannot be complete now."""
+def _undelivered(urls: Sequence[str]) -> tuple[int | None, str]:
+    """How many notifications the registries at `urls` still hold (None: one did not
+    answer), and "" when that is none (checked before the journal is read), else why the
+    journal cannot be complete now."""
+    total, why = 0, []
     for url in urls:
         try:
             count = notifications.undelivered(url)
         except (OSError, ValueError) as exc:
-            return f"cannot tell whether the registry at {url} delivered its notifications: {exc}"
+            return (
+                None,
+                f"cannot tell whether the registry at {url} delivered its notifications: {exc}",
+            )
+        total += count
         if count:
-            return f"the registry at {url} has {count} notification(s) not delivered yet"
-    return ""
+            why.append(f"the registry at {url} has {count} notification(s) not delivered yet")
+    return total, "; ".join(why)
 
 
 def merge(record: Record, found: Iterable[Pull]) -> None:

@@ -86,6 +86,9 @@ class SweepStats:
     # Manifest pulls read from the registry's log in this run: repository -> method -> count
     pulls_read: dict[str, dict[str, int]] = field(default_factory=dict)
     pulls_covered_since: float | None = None  # the pull record holds every pull since
+    # notifications the registries held for the listener (-1: one did not answer; None: the
+    # janitor does not read notifications)
+    notifications_undelivered: int | None = None
     duration: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     stopped: bool = False

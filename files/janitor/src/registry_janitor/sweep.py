@@ -225,6 +225,8 @@ class Janitor:
                 reader.close()
         stats.pulls_read = pulls.counts_by_repository(feed.read)
         stats.pulls_covered_since = feed.covered_since
+        if cfg.notifications_pending_urls:
+            stats.notifications_undelivered = -1 if feed.undelivered is None else feed.undelivered
         if feed.gap:
             log.info("pull record: %s", feed.gap)
         if feed.current and not cfg.dry_run:

@@ -337,3 +337,5 @@ def test_the_journal_counts_only_when_no_registry_holds_a_notification(
     assert gap in feed.gap
     if gap:
         assert feed.covered_since is None  # this run keeps what a pull might keep
+    # What the metric registry_janitor_notifications_undelivered shows (-1: unknown).
+    assert feed.undelivered == (None if "cannot tell" in gap else 2 if gap else 0)

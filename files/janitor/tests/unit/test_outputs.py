@@ -92,6 +92,21 @@ def test_gc_outcome_is_kept_by_runs_that_do_not_collect(tmp_path: Path) -> None:
     ]
 
 
+def test_undelivered_notifications_are_shown_only_where_the_janitor_asks(tmp_path: Path) -> None:
+    """Absent without notifications (no alert can fire on a series that is not there),
+    the count or -1 with them, and kept through a separate `gc`, which does not ask."""
+    path = tmp_path / "janitor.prom"
+    name = "registry_janitor_notifications_undelivered"
+    metrics.write(path, SweepStats(), now=1.0)
+    assert name not in metrics.read_previous(path)
+    metrics.write(path, SweepStats(notifications_undelivered=4), now=2.0)
+    assert metrics.read_previous(path)[name] == 4
+    metrics.write(path, SweepStats(gc_ran=True), now=3.0, command="gc")
+    assert metrics.read_previous(path)[name] == 4
+    metrics.write(path, SweepStats(notifications_undelivered=-1), now=4.0)
+    assert metrics.read_previous(path)[name] == -1
+
+
 def test_usage_splits_unique_and_shared_bytes(tmp_path: Path) -> None:
     s = Store(tmp_path / "data")
     now = time.time()
