@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -45,6 +46,15 @@ class Listener(ThreadingHTTPServer):
         if ":" in settings.host:
             self.address_family = socket.AF_INET6
         super().__init__((settings.host, settings.port), _Handler)
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """The registry drops idle keep-alive connections (a reset while the handler waits
+        for the next request): not worth a traceback in the listener's log."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.exception("error answering %s", client_address[0])
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -181,3 +183,18 @@ def test_listen_needs_a_journal_and_a_token_of_some_length(tmp_path: Path) -> No
     token.write_text(TOKEN)
     with pytest.raises(config.ConfigError, match="host:port"):
         config.load({**flags, "listen_address": "127.0.0.1"}, {}, command="listen")
+
+
+def test_a_connection_the_registry_resets_leaves_no_traceback(
+    serving: listener.Listener, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The registry's HTTP client resets idle keep-alive connections: the listener notes it
+    at debug level, and keeps answering."""
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", serving.server_address[1]))
+        s.sendall(b"POST /events HTTP/1.1\r\n")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # with linger 0: a reset
+    time.sleep(0.3)
+    assert post(serving, envelope(event(tag="v1")))[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
