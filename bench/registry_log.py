@@ -58,14 +58,7 @@ def latency(work: Path, to_file: bool, port: int) -> dict[str, float]:
     try:
         time.sleep(1.5)
         c = http.client.HTTPConnection("127.0.0.1", port)
-        c.request("POST", "/v2/a/blobs/uploads/")
-        r = c.getresponse()
-        r.read()
-        path = str(r.getheader("Location")).split(f"127.0.0.1:{port}")[-1]
-        data = os.urandom(1000)
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        c.request("PUT", f"{path}{'&' if '?' in path else '?'}digest={digest}", body=data)
-        c.getresponse().read()
+        digest = _put_blob(c, port, os.urandom(1000))
         took = []
         for _ in range(3000):
             t = time.perf_counter()
