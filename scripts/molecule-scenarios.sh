@@ -4,7 +4,8 @@
 # for the scenario's Storage Box passwords (scripts/check-secret-leak.sh).
 #   scripts/molecule-scenarios.sh [-j JOBS] SCENARIO...
 # Prints each scenario's steps as they start and end, its duration, and on failure the end
-# of its log; exits 1 if any scenario failed. Scenarios have their own container names and
+# of its log; at the very end, a few lines naming each failed scenario, its failing step and
+# its first error lines (CI shows only the last lines of a run); exits 1 if any failed. Scenarios have their own container names and
 # folders, so different ones can run at the same time; the same one twice cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ run_one() {
     rc=${PIPESTATUS[0]}
     scripts/check-secret-leak.sh "$s" "$log" || rc=1
     echo "== molecule $s: $(( $(date +%s) - start )) s (rc $rc)"
+    echo "$rc" > ".cache/molecule-$s.rc"
     if [ "$rc" -ne 0 ]; then
         echo "== end of $log:"
         tail -n 60 "$log"
@@ -36,5 +38,22 @@ run_one() {
 }
 export -f run_one
 
+# The failed scenario's step, then its first error lines: an Ansible task's failure, a
+# pytest assertion, a Molecule error; each cut to 160 characters.
+summarise_failure() {
+    local s=$1 log=.cache/molecule-$1.log step
+    step=$(grep -oE '\[[a-z0-9_-]+ > [a-z_]+\] Executing' "$log" | tail -n 1 | sed 's/ Executing//')
+    echo "== FAILED: molecule $s, in ${step:-no step} (log: $log)"
+    grep -E 'fatal: |FAILED|failed=[1-9]|^[0-9:]+ E  |ERROR |CRITICAL ' "$log" | head -n 6 | cut -c 1-160
+}
+
+rm -f .cache/molecule-*.rc
 # xargs runs up to $jobs at a time and exits 123 when any of them failed.
-printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'run_one "$1"' _ {}
+rc=0
+printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'run_one "$1"' _ {} || rc=$?
+for s in "$@"; do
+    if [ "$(cat ".cache/molecule-$s.rc" 2>/dev/null)" != 0 ]; then
+        summarise_failure "$s"
+    fi
+done
+exit "$rc"
