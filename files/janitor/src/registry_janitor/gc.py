@@ -56,6 +56,10 @@ RESTORE_ATTEMPTS = 4
 # shorter the time a HEAD can land unseen between the read and the hold.
 HOLD_BATCH = 32
 RESTORE_BACKOFF = 0.5
+# While blobs are held, how often the log is read for clients asking for them. A client that
+# HEADed a blob an instant before its hold sends its manifest tens of milliseconds later
+# (skopeo); the blob must be back before that. A read of nothing new is one stat and one read.
+FOLLOW_INTERVAL = 0.02
 
 
 def pause(phase: str, stop: threading.Event) -> None:
@@ -421,7 +425,7 @@ class Collector:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(left, 0.2))
+            time.sleep(min(left, FOLLOW_INTERVAL))
 
     def _put_back_touched(self) -> None:
         """A held blob a client asks for (HEAD, GET, mount, or a manifest refused naming it)
