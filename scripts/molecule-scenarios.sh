@@ -5,8 +5,9 @@
 #   scripts/molecule-scenarios.sh [-j JOBS] SCENARIO...
 # Prints each scenario's steps as they start and end, its duration, and on failure the end
 # of its log; at the very end, a few lines naming each failed scenario, its failing step and
-# its first error lines (CI shows only the last lines of a run); exits 1 if any failed. Scenarios have their own container names and
-# folders, so different ones can run at the same time; the same one twice cannot.
+# its first error lines (CI shows only the last lines of a run); exits non-zero if any
+# failed. Scenarios have their own container names and folders, so different ones can run
+# at the same time; the same one twice cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,7 @@ summarise_failure() {
     grep -E 'fatal: |FAILED|failed=[1-9]|^[0-9:]+ E  |ERROR |CRITICAL ' "$log" | head -n 6 | cut -c 1-160
 }
 
-rm -f .cache/molecule-*.rc
+for s in "$@"; do rm -f ".cache/molecule-$s.rc"; done
 # xargs runs up to $jobs at a time and exits 123 when any of them failed.
 rc=0
 printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'run_one "$1"' _ {} || rc=$?
