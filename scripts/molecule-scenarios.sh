@@ -40,12 +40,15 @@ run_one() {
 export -f run_one
 
 # The failed scenario's step, then its first error lines: an Ansible task's failure, a
-# pytest assertion, a Molecule error; each cut to 160 characters.
+# pytest assertion, a Molecule error (not Ansible's "FAILED - RETRYING" of a task that waits,
+# which every scenario's create prints); each cut to 160 characters.
 summarise_failure() {
     local s=$1 log=.cache/molecule-$1.log step
-    step=$(grep -oE '\[[a-z0-9_-]+ > [a-z_]+\] Executing' "$log" | tail -n 1 | sed 's/ Executing//')
+    # grep finding nothing must not end the script (set -e, pipefail): the summary is the point.
+    step=$({ grep -oE '\[[a-z0-9_-]+ > [a-z_]+\] Executing' "$log" || true; } | tail -n 1 | sed 's/ Executing//')
     echo "== FAILED: molecule $s, in ${step:-no step} (log: $log)"
-    grep -E 'fatal: |FAILED|failed=[1-9]|^[0-9:]+ E  |ERROR |CRITICAL ' "$log" | head -n 6 | cut -c 1-160
+    { grep -E 'fatal: |FAILED|failed=[1-9]|^[0-9:]+ E  |ERROR |CRITICAL ' "$log" || true; } |
+        { grep -v 'FAILED - RETRYING' || true; } | head -n 6 | cut -c 1-160
 }
 
 for s in "$@"; do rm -f ".cache/molecule-$s.rc"; done
